@@ -1,0 +1,83 @@
+"""Return normalization inside each group (population std, ddof = 0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from ._namespace import Array, get_namespace
+from ._segments import group_index, segment_max, segment_min, segment_sum
+from ._validation import NORMALIZATIONS, check_finite, check_ids, check_returns
+
+__all__ = ["normalize_returns"]
+
+
+def _normalize(xp: Any, r: Array, gidx: Array, num: int, method: str, eps: float) -> Array:
+    """Normalize float returns ``r`` given dense group ids (shared by the losses)."""
+    if method == "none":
+        return r
+    ones = xp.ones_like(r)
+    count = segment_sum(ones, gidx, num)
+    count = xp.where(count > 0, count, xp.ones_like(count))
+    mean = xp.take(segment_sum(r, gidx, num) / count, gidx, axis=0)
+    centered = r - mean
+    # A group whose returns are all equal has R~ = 0 exactly (the mean of equal floats can
+    # differ from them in the last bit, so test max == min instead of trusting r - mean).
+    flat = xp.take(segment_max(r, gidx, num) == segment_min(r, gidx, num), gidx, axis=0)
+    zero = xp.zeros_like(r)
+    if method == "center":
+        return xp.where(flat, zero, centered)
+    var = segment_sum(centered * centered, gidx, num) / count
+    std = xp.take(xp.sqrt(var), gidx, axis=0)
+    return xp.where(flat, zero, centered / (std + eps))
+
+
+def normalize_returns(
+    returns: Array,
+    group_ids: Array | None = None,
+    *,
+    method: str = "zscore",
+    eps: float = 1e-8,
+) -> Array:
+    r"""Normalize returns within each group.
+
+    .. math::
+
+        \tilde R_k = \frac{R_k - \bar R_g}{\sigma_g + \epsilon}\ (\texttt{"zscore"}),\quad
+        R_k - \bar R_g\ (\texttt{"center"}),\quad R_k\ (\texttt{"none"})
+
+    where :math:`\bar R_g` and :math:`\sigma_g` are the mean and the *population* standard
+    deviation (ddof = 0) of the returns of the group of ``k``. A group whose returns are all
+    equal (a single-trajectory group included) gets exactly 0 under ``zscore`` and ``center``.
+
+    Args:
+      returns: ``[M]`` real returns (integers are promoted to float32).
+      group_ids: ``[M]`` integer group labels; ``None`` puts all ``M`` in one group.
+      method: ``"zscore"`` (default), ``"center"`` or ``"none"``.
+      eps: ``> 0``, guards the std only.
+
+    Returns:
+      ``[M]`` floating array (float64 stays float64, otherwise float32 or the input dtype).
+
+    Example:
+      >>> import numpy as np
+      >>> from haepo_core import normalize_returns
+      >>> np.round(normalize_returns(np.array([1.0, 3.0, 5.0, 5.0]), np.array([0, 0, 1, 1])), 6)
+      array([-1.,  1.,  0.,  0.])
+    """
+    xp = get_namespace(returns=returns, group_ids=group_ids)
+    m = returns.shape[0] if returns.ndim == 1 else -1
+    check_returns(xp, "returns", returns, m)
+    if group_ids is not None:
+        check_ids(xp, "group_ids", group_ids, m, "[M]")
+    if method not in NORMALIZATIONS:
+        raise ValueError(
+            f"method: expected one of {', '.join(map(repr, NORMALIZATIONS))}, got {method!r}"
+        )
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps: expected a number > 0, got {eps!r}")
+    check_finite(xp, "returns", returns, None)
+    r = returns if xp.isdtype(returns.dtype, "real floating") else xp.astype(returns, xp.float32)
+    gidx, num = group_index(xp, group_ids, m, array_api_compat.device(returns))
+    return _normalize(xp, r, gidx, num, method, float(eps))
