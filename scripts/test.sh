@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test job: lint, the test suite, and the conformance suite on every installed backend.
+# Sets up .venv on first use. Extra arguments go to pytest (e.g. -k torch, -x).
+# Heavier Hypothesis runs: HAEPO_HYPOTHESIS_PROFILE=heavy scripts/test.sh
+set -euo pipefail
+HAEPO_EXTRAS="all" source "$(dirname "$0")/_venv.sh"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
+echo "[haepo] ruff"
+ruff check .
+echo "[haepo] conformance suite on every installed backend"
+python -m haepo_conformance --all --max-examples "${HAEPO_CONFORMANCE_EXAMPLES:-10}" --derandomize
+echo "[haepo] pytest"
+python -m pytest -q "$@"
