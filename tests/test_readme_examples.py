@@ -25,7 +25,7 @@ def test_readme_has_exactly_two_commands():
     lines = [ln for block in commands for ln in block.splitlines() if ln.strip()]
     assert lines == [
         "bash scripts/train.sh    # the main job: train HAEPO on CartPole-v1 (CPU, ~3 min), curve + CSV in runs/",  # noqa: E501
-        "bash scripts/test.sh     # the tests: ruff, the conformance suite on every backend, pytest",
+        "bash scripts/test.sh     # the tests: ruff, the conformance suite on every backend, pytest",  # noqa: E501
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
