@@ -156,14 +156,15 @@ class ArrayAPIBackend:
         if bad:
             raise ValueError(f"wrt: expected a subset of {self.differentiable}, got {tuple(wrt)}")
         args = {k: (None if v is None else np.asarray(v)) for k, v in inputs.items()}
+        order = None
         if packed:
             args = _packed_to_padded(args)
+            order = args.pop("_order")  # NumPy indices: stays on the host
         conv = {
             k: (None if v is None else self.asarray(v, dtype=dtype if k in FLOAT_INPUTS else None))
             for k, v in args.items()
         }
         logp, returns, mask = conv.pop("logp"), conv.pop("returns"), conv.pop("mask", None)
-        order = conv.pop("_order", None)
         out, grads = haepo_grad(logp, returns, mask, **conv, **kwargs)
         result = {k: self.to_numpy(grads[k]) for k in wrt if k in grads}
         if "entropy" in wrt and "entropy" not in grads:

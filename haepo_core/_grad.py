@@ -76,8 +76,8 @@ def haepo_grad(
     ref_logp = kwargs.get("ref_logp")
     kl_coef = kwargs.get("kl_coef", 0.0)
     if ref_logp is not None:
-        x = xp.where(valid, xp.astype(logp, cdt), xp.zeros((), dtype=cdt))
-        ref = xp.where(valid, xp.astype(ref_logp, cdt), xp.zeros((), dtype=cdt))
+        x = xp.where(valid, xp.astype(logp, cdt), xp.zeros((), dtype=cdt, device=dev))
+        ref = xp.where(valid, xp.astype(ref_logp, cdt), xp.zeros((), dtype=cdt, device=dev))
         r = ref - x
         est = kwargs.get("kl_estimator", "k3")
         dk = {"k1": xp.ones_like(r), "k2": -r, "k3": -xp.expm1(r)}[est]

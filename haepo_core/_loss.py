@@ -540,15 +540,18 @@ def haepo_loss_from_logits(
     cdt = compute_dtype(xp, logits.dtype)
     valid3 = valid[:, :, None]
     # Padding rows are replaced by zeros so NaN/inf there never reach value or gradient.
-    lg = xp.where(valid3, xp.astype(logits, cdt), xp.zeros((), dtype=cdt))
+    zero = xp.zeros((), dtype=cdt, device=array_api_compat.device(logits))
+    lg = xp.where(valid3, xp.astype(logits, cdt), zero)
     safe_actions = xp.where(valid, actions, xp.zeros_like(actions))
     lsm = log_softmax(lg, axis=-1)
-    x = xp.take_along_axis(lsm, xp.astype(safe_actions[:, :, None], xp.int64), axis=-1)[:, :, 0]
+    # torch's gather wants int64 indices; JAX without x64 has no int64 (it would warn).
+    index_dtype = xp.int32 if array_api_compat.is_jax_namespace(xp) else xp.int64
+    x = xp.take_along_axis(lsm, xp.astype(safe_actions[:, :, None], index_dtype), axis=-1)[:, :, 0]
     x = xp.where(valid, x, xp.zeros_like(x))
     ent = xp.where(valid, entropy_from_logits(lg, axis=-1), xp.zeros_like(x))
     kl = None
     if ref_logits is not None:
-        rl = xp.where(valid3, xp.astype(ref_logits, cdt), xp.zeros((), dtype=cdt))
+        rl = xp.where(valid3, xp.astype(ref_logits, cdt), zero)
         kl = xp.where(valid, kl_from_logits(lg, rl, axis=-1), xp.zeros_like(x))
     elif ref_logp is not None:
         ref = _sanitize(xp, stop_gradient(ref_logp), valid, cdt)

@@ -103,11 +103,12 @@ def is_concrete(x: Array) -> bool:
         jax = sys.modules["jax"]
         if isinstance(x, jax.core.Tracer):
             # jax.grad / vjp outside jit still carry concrete primal values.
-            try:
-                return jax.core.is_concrete(x)  # type: ignore[attr-defined]
-            except AttributeError:  # pragma: no cover - older jax
+            to_concrete = getattr(x, "to_concrete_value", None)
+            if to_concrete is None or to_concrete() is None:
                 return False
-        return True
+        # Under jax.jit every operation is staged out, even on a concrete (closed-over) array,
+        # so a check computed from ``x`` would be a tracer too: probe whether ops are staged.
+        return not isinstance(jax.numpy.zeros(()), jax.core.Tracer)
     if array_api_compat.is_torch_array(x):
         torch = sys.modules["torch"]
         if torch.compiler.is_compiling():

@@ -6,7 +6,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._namespace import Array, get_namespace
+from ._namespace import Array, compute_dtype, get_namespace
 from ._segments import group_index, segment_max, segment_min, segment_sum
 from ._validation import NORMALIZATIONS, check_finite, check_ids, check_returns
 
@@ -78,6 +78,9 @@ def normalize_returns(
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps: expected a number > 0, got {eps!r}")
     check_finite(xp, "returns", returns, None)
-    r = returns if xp.isdtype(returns.dtype, "real floating") else xp.astype(returns, xp.float32)
+    floating = xp.isdtype(returns.dtype, "real floating")
+    # float16/bfloat16 are normalized in float32 (mean and std are reductions), then cast back.
+    r = xp.astype(returns, compute_dtype(xp, returns.dtype) if floating else xp.float32)
     gidx, num = group_index(xp, group_ids, m, array_api_compat.device(returns))
-    return _normalize(xp, r, gidx, num, method, float(eps))
+    out = _normalize(xp, r, gidx, num, method, float(eps))
+    return xp.astype(out, returns.dtype) if floating else out

@@ -31,7 +31,7 @@ def _onehot_reduce(xp: Any, x: Array, ids: Array, num: int, kind: str) -> Array:
         stop = min(start + _BLOCK, n)  # the standard leaves out-of-bounds slices unspecified
         xb = x[start:stop]
         member = ids[start:stop, None] == seg[None, :]
-        vals = xp.where(member, xb[:, None], xp.asarray(fill, dtype=x.dtype))
+        vals = xp.where(member, xb[:, None], xp.asarray(fill, dtype=x.dtype, device=seg.device))
         red = {"sum": xp.sum, "max": xp.max, "min": xp.min}[kind](vals, axis=0)
         if out is None:
             out = red
@@ -103,12 +103,12 @@ def group_index(xp: Any, group_ids: Array | None, m: int, device: Any) -> tuple[
     callers count groups as the number of non-empty segments, so both paths agree.
     """
     if group_ids is None:
-        return xp.zeros(m, dtype=xp.int64, device=device), 1
+        return xp.zeros(m, dtype=xp.int32, device=device), 1
     if is_concrete(group_ids):
         _, inverse = xp.unique_inverse(group_ids)
-        inverse = xp.astype(xp.reshape(inverse, (m,)), xp.int64)
+        inverse = xp.astype(xp.reshape(inverse, (m,)), xp.int32)
         num = int(xp.max(inverse)) + 1 if m > 0 else 0
         return inverse, num
     same = group_ids[:, None] == group_ids[None, :]
     first = xp.argmax(xp.astype(same, xp.int32), axis=1)
-    return xp.astype(first, xp.int64), m
+    return xp.astype(first, xp.int32), m

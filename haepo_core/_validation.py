@@ -101,7 +101,7 @@ def check_finite(xp: Any, name: str, x: Array, valid: Array | None) -> None:
     if valid is not None:
         bad = xp.logical_and(bad, valid)
     if bool(xp.any(bad)):
-        count = int(xp.sum(xp.astype(bad, xp.int64)))
+        count = int(xp.sum(xp.astype(bad, xp.int32)))
         flat = xp.reshape(bad, (-1,))
         first = int(xp.argmax(xp.astype(flat, xp.int32)))
         where = first if x.ndim == 1 else tuple(int(i) for i in _unravel(first, tuple(x.shape)))

@@ -1,0 +1,77 @@
+"""haepo_adapters.cleanrl: HAEPO for CleanRL-style rollout buffers (torch and JAX).
+
+- :class:`TrajectoryBuilder` / :func:`rollout_to_trajectories`: ``[num_steps, num_envs]``
+  buffers (CleanRL ``dones`` or gymnasium ``terminated``/``truncated``, either autoreset mode)
+  to whole-episode trajectories, packed and padded; unfinished episodes carried over.
+- :func:`categorical_terms`, :func:`gaussian_terms` (and the Gaussian closed forms): per-step
+  log-prob, exact entropy and exact KL to the frozen reference.
+- :func:`haepo_trajectory_loss`: the HAEPO loss of a :class:`Trajectories` batch;
+  :func:`haepo_padded_loss`: the same on fixed-shape ``[M, T]`` arrays (jit-friendly).
+- torch: :class:`ReferencePolicy` (imports torch only when asked for).
+- JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
+  when asked for).
+
+The NumPy/array-API part imports neither framework; the torch names never import JAX and the
+JAX names never import torch. See docs/cleanrl.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._distributions import (
+    StepTerms,
+    categorical_terms,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+    gaussian_terms,
+)
+from ._episodes import (
+    AUTORESET_MODES,
+    INCOMPLETE_POLICIES,
+    Trajectories,
+    TrajectoryBuilder,
+    rollout_to_trajectories,
+)
+from ._loss import haepo_padded_loss, haepo_trajectory_loss
+
+_LAZY = {
+    "ReferencePolicy": "._torch",
+    "ReferenceParams": "._jax",
+    "make_haepo_loss_fn": "._jax",
+    "to_jax": "._jax",
+}
+
+__all__ = [
+    "AUTORESET_MODES",
+    "INCOMPLETE_POLICIES",
+    "ReferenceParams",
+    "ReferencePolicy",
+    "StepTerms",
+    "Trajectories",
+    "TrajectoryBuilder",
+    "categorical_terms",
+    "gaussian_entropy",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "gaussian_terms",
+    "haepo_padded_loss",
+    "haepo_trajectory_loss",
+    "make_haepo_loss_fn",
+    "rollout_to_trajectories",
+    "to_jax",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The framework parts load on first use, so `import haepo_adapters.cleanrl` pulls in
+    # neither torch nor JAX, and using the torch names never imports JAX (and vice versa).
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,404 @@
+"""``haepo_loss_from_logits`` and ``haepo_loss_from_hidden``: the memory-lean LLM entry points.
+
+Both turn their input into per-step ``(logp of the taken action, entropy, KL)`` with the
+chunked kernels of ``_vocab.py`` (only valid steps are visited: padding costs nothing), then
+hand the per-trajectory sums to the shared objective (closed-form policy backward).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from haepo_core import HAEPOOutput
+
+from . import _validate as V
+from ._loss import group_index
+from ._objective import Options, compute_dtype, kl_steps, objective
+from ._vocab import default_chunk_size, fused_linear_stats, logits_stats
+
+__all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
+
+
+def _is_zero(coef: Any) -> bool:
+    return isinstance(coef, numbers.Real) and float(coef) == 0.0
+
+
+def _check_chunk(chunk_size: Any, device: torch.device, vocab: int) -> int:
+    if chunk_size is None:
+        return default_chunk_size(device, vocab)
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size: expected a positive integer or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _valid_rows(
+    valid: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(rows, walk, acts)``: flat indices of the valid steps, the same for the chunk walk
+    (``None`` when every step is valid: then chunks are views and nothing is gathered), and
+    the actions taken there."""
+    flat = valid.reshape(-1)
+    rows = torch.nonzero(flat).reshape(-1)
+    walk = None if rows.shape[0] == flat.shape[0] else rows
+    acts = actions.reshape(-1).to(torch.int64)
+    return rows, walk, (acts if walk is None else acts.index_select(0, rows))
+
+
+def _common_checks(
+    returns: torch.Tensor,
+    group_ids: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    m: int,
+    t: int,
+    mask: torch.Tensor | None,
+    dev: torch.device,
+    kw: dict[str, Any],
+    has_exact_kl: bool,
+) -> tuple[torch.Tensor, Options]:
+    V.check_returns(V.xp, "returns", returns, m)
+    if group_ids is not None:
+        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
+    if ref_logp is not None:
+        V.check_float(V.xp, "ref_logp", ref_logp)
+        V.check_shape("ref_logp", ref_logp, (m, t), "[M, T]")
+    valid = V.valid_mask(mask, (m, t), dev)
+    opts = V.options(**kw, has_entropy=True, has_kl=has_exact_kl or ref_logp is not None)
+    V.check_nonempty(valid.sum(dim=1), "mask")
+    return valid, opts
+
+
+def _finish(
+    logp_r: torch.Tensor,
+    ent_r: torch.Tensor,
+    kl_r: torch.Tensor,
+    rows: torch.Tensor,
+    valid: torch.Tensor,
+    returns: torch.Tensor,
+    group_ids: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    exact_kl: bool,
+    opts: Options,
+    out_dtype: torch.dtype,
+    process_group: Any,
+) -> HAEPOOutput:
+    m, t = valid.shape
+    cdt = logp_r.dtype
+    dev = logp_r.device
+    traj = torch.div(rows, t, rounding_mode="floor")
+    # A coefficient that is exactly 0 needs no gradient through its term: detaching it spares
+    # the backward one [chunk, V] pass per chunk (the value still reaches the stats).
+    ent_sum = (ent_r.detach() if _is_zero(opts.entropy_coef) else ent_r).sum()
+    kl_sum = None
+    if exact_kl:
+        kl_sum = (kl_r.detach() if _is_zero(opts.kl_coef) else kl_r).sum()
+    elif ref_logp is not None:
+        ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
+        kl_sum = kl_steps(logp_r, ref_r, opts.kl_estimator).sum()
+    n_k = valid.sum(dim=1).to(cdt)
+    index, num = group_index(group_ids, m, dev, process_group)
+    return objective(
+        L=torch.zeros(m, dtype=cdt, device=dev).index_add(0, traj, logp_r),
+        n_k=n_k,
+        returns=returns,
+        index=index,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=n_k.sum(),
+        opts=opts,
+        out_dtype=out_dtype,
+        group=process_group,
+    )
+
+
+def haepo_loss_from_logits(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    ref_logits: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    group_ids: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: float = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    chunk_size: int | None = None,
+    process_group: Any = None,
+) -> HAEPOOutput:
+    r"""The HAEPO loss from per-step logits of a categorical policy, chunked over tokens.
+
+    .. math::
+
+        \text{logp}_{k,t} = \log\operatorname{softmax}(z_{k,t})_{a_{k,t}},\quad
+        H_{k,t} = -\sum_v \pi_v \log \pi_v,\quad
+        KL_{k,t} = \sum_v \pi_v (\log \pi_v - \log \pi^{ref}_v)
+
+    then the objective of :func:`haepo_loss` (``stats["entropy"]`` is the exact mean
+    entropy). The valid steps are walked ``chunk_size`` rows at a time: at most one chunk of
+    float32 ``[chunk_size, V]`` temporaries is alive, nothing ``[M, T, V]`` is kept for
+    backward, and backward recomputes each chunk (the only full-size tensor it makes is the
+    gradient of ``logits`` itself). Matches :func:`haepo_core.haepo_loss_from_logits`.
+
+    Args:
+      logits: ``[M, T, V]`` float16/bfloat16/float32/float64 (``[M, T, A]`` for small
+        discrete policies); ``-inf`` entries (masked vocabulary) are allowed.
+      actions: ``[M, T]`` integer actions (padding may hold anything, e.g. -100).
+      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]``.
+      ref_logits: ``[M, T, V]`` reference logits for the exact KL (a constant), or
+      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (give at most one).
+      entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize,
+        eps, process_group: as in :func:`haepo_loss`.
+      chunk_size: rows per chunk; ``None`` picks :func:`default_chunk_size` for the device
+        (about 8 MiB blocks on CPU, 128 MiB on CUDA).
+
+    Returns:
+      :class:`haepo_core.HAEPOOutput` in ``logits``' dtype. Eager only (the walk over valid
+      steps is data dependent): compile :func:`haepo_loss` on per-step log-probs instead.
+
+    Example:
+      >>> import torch
+      >>> from haepo_backends.torch import haepo_loss_from_logits
+      >>> logits = torch.zeros(2, 3, 4, requires_grad=True)
+      >>> out = haepo_loss_from_logits(logits, torch.zeros(2, 3, dtype=torch.long),
+      ...                              torch.tensor([0.0, 1.0]), entropy_coef=0.1)
+      >>> round(float(out.stats["entropy"]), 4)
+      1.3863
+      >>> out.loss.backward()
+    """
+    dev = V.check_tensors(
+        logits=logits,
+        actions=actions,
+        returns=returns,
+        mask=mask,
+        ref_logits=ref_logits,
+        ref_logp=ref_logp,
+        group_ids=group_ids,
+    )
+    V.check_rank("logits", logits, 3, "[M, T, V]")
+    V.check_float(V.xp, "logits", logits)
+    m, t, v = logits.shape
+    V.check_rank("actions", actions, 2, "[M, T]")
+    if ref_logits is not None and ref_logp is not None:
+        raise ValueError("ref_logits, ref_logp: expected at most one of them, got both")
+    if ref_logits is not None:
+        V.check_float(V.xp, "ref_logits", ref_logits)
+        V.check_shape("ref_logits", ref_logits, (m, t, v), "[M, T, V] (same as logits)")
+    kw = dict(
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        normalize_returns=normalize_returns,
+        temperature=temperature,
+        length_normalize=length_normalize,
+        eps=eps,
+    )
+    V.check_shape("actions", actions, (m, t), "[M, T] (logits.shape[:2])")
+    valid, opts = _common_checks(
+        returns, group_ids, ref_logp, m, t, mask, dev, kw, ref_logits is not None
+    )
+    V.check_actions(actions, valid, (m, t), v)
+    V.check_finite(V.xp, "returns", returns, None)
+    if ref_logp is not None:
+        V.check_finite(V.xp, "ref_logp", ref_logp, valid)
+    V.check_logits_finite("logits", logits, valid)
+    if ref_logits is not None:
+        V.check_logits_finite("ref_logits", ref_logits, valid)
+    chunk = _check_chunk(chunk_size, dev, v)
+
+    cdt = compute_dtype(logits.dtype)
+    rows, walk, acts = _valid_rows(valid, actions)
+    # -inf logits (masked vocabulary) need a clamp per block; skip it when there are none.
+    finite = bool(logits.amin() > -torch.inf) and (
+        ref_logits is None or bool(ref_logits.amin() > -torch.inf)
+    )
+    logp_r, ent_r, kl_r = logits_stats(
+        logits.reshape(m * t, v),
+        None if ref_logits is None else ref_logits.reshape(m * t, v),
+        walk,
+        acts,
+        chunk,
+        cdt,
+        finite,
+    )
+    return _finish(
+        logp_r,
+        ent_r,
+        kl_r,
+        rows,
+        valid,
+        returns,
+        group_ids,
+        ref_logp,
+        ref_logits is not None,
+        opts,
+        logits.dtype,
+        process_group,
+    )
+
+
+def haepo_loss_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    actions: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    group_ids: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: float = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    chunk_size: int | None = None,
+    process_group: Any = None,
+) -> HAEPOOutput:
+    r"""The HAEPO loss from last hidden states and the LM head (fused linear, chunked).
+
+    Same as :func:`haepo_loss_from_logits` on ``logits = hidden @ weight.T + bias``, but the
+    logits are never materialized for all tokens: each chunk of valid rows is projected,
+    reduced to ``(logp, entropy, KL)`` and dropped; backward re-projects it and accumulates
+    ``d hidden = dz @ weight``, ``d weight += dz.T @ hidden_chunk``, ``d bias += sum dz``
+    (weight and bias gradients accumulate in float32 at least).
+
+    Args:
+      hidden: ``[M, T, H]`` float hidden states (the matmul runs in their dtype; reductions
+        in float32 at least).
+      weight: ``[V, H]`` LM-head weight; bias: ``[V]`` or ``None``.
+      actions: ``[M, T]`` integer tokens taken; returns: ``[M]``; mask: ``[M, T]``.
+      ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), projected
+        by ``ref_weight`` ``[V, H]`` / ``ref_bias`` ``[V]``; when ``ref_weight`` is ``None``
+        the policy's ``weight`` and ``bias`` are used (detached). Or
+      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (give at most one).
+      group_ids, coefficients, chunk_size, process_group: as in
+        :func:`haepo_loss_from_logits`.
+
+    Returns:
+      :class:`haepo_core.HAEPOOutput` in ``hidden``'s dtype; gradients reach ``hidden``,
+      ``weight`` and ``bias``.
+
+    Example:
+      >>> import torch
+      >>> from haepo_backends.torch import haepo_loss_from_hidden
+      >>> hidden = torch.randn(2, 3, 8, requires_grad=True)
+      >>> weight = torch.randn(16, 8, requires_grad=True)
+      >>> out = haepo_loss_from_hidden(hidden, weight, torch.zeros(2, 3, dtype=torch.long),
+      ...                              torch.tensor([0.0, 1.0]), ref_hidden=hidden.detach(),
+      ...                              entropy_coef=0.01, kl_coef=0.1)
+      >>> out.loss.backward()
+      >>> weight.grad.shape
+      torch.Size([16, 8])
+    """
+    dev = V.check_tensors(
+        hidden=hidden,
+        weight=weight,
+        actions=actions,
+        returns=returns,
+        mask=mask,
+        bias=bias,
+        ref_hidden=ref_hidden,
+        ref_weight=ref_weight,
+        ref_bias=ref_bias,
+        ref_logp=ref_logp,
+        group_ids=group_ids,
+    )
+    V.check_rank("hidden", hidden, 3, "[M, T, H]")
+    V.check_float(V.xp, "hidden", hidden)
+    m, t, h = hidden.shape
+    V.check_rank("weight", weight, 2, "[V, H]")
+    V.check_float(V.xp, "weight", weight)
+    if weight.shape[1] != h:
+        raise ValueError(
+            f"weight: expected shape [V, H] with H = {h} (hidden.shape[-1]), "
+            f"got {tuple(weight.shape)}"
+        )
+    v = weight.shape[0]
+    if bias is not None:
+        V.check_float(V.xp, "bias", bias)
+        V.check_shape("bias", bias, (v,), "[V] (weight.shape[0])")
+    if ref_hidden is not None and ref_logp is not None:
+        raise ValueError("ref_hidden, ref_logp: expected at most one of them, got both")
+    if ref_hidden is None and (ref_weight is not None or ref_bias is not None):
+        raise ValueError("ref_weight, ref_bias: given without ref_hidden; expected ref_hidden too")
+    if ref_hidden is not None:
+        V.check_float(V.xp, "ref_hidden", ref_hidden)
+        V.check_shape("ref_hidden", ref_hidden, (m, t, h), "[M, T, H] (same as hidden)")
+        if ref_weight is None:
+            ref_weight, ref_bias = weight, bias
+        V.check_float(V.xp, "ref_weight", ref_weight)
+        V.check_shape("ref_weight", ref_weight, (v, h), "[V, H] (same as weight)")
+        if ref_bias is not None:
+            V.check_float(V.xp, "ref_bias", ref_bias)
+            V.check_shape("ref_bias", ref_bias, (v,), "[V]")
+    kw = dict(
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        normalize_returns=normalize_returns,
+        temperature=temperature,
+        length_normalize=length_normalize,
+        eps=eps,
+    )
+    V.check_rank("actions", actions, 2, "[M, T]")
+    V.check_shape("actions", actions, (m, t), "[M, T] (hidden.shape[:2])")
+    valid, opts = _common_checks(
+        returns, group_ids, ref_logp, m, t, mask, dev, kw, ref_hidden is not None
+    )
+    V.check_actions(actions, valid, (m, t), v)
+    V.check_finite(V.xp, "returns", returns, None)
+    if ref_logp is not None:
+        V.check_finite(V.xp, "ref_logp", ref_logp, valid)
+    V.check_rows_finite("hidden", hidden, valid)
+    V.check_rows_finite("weight", weight, None)
+    if bias is not None:
+        V.check_finite(V.xp, "bias", bias, None)
+    if ref_hidden is not None:
+        V.check_rows_finite("ref_hidden", ref_hidden, valid)
+    chunk = _check_chunk(chunk_size, dev, v)
+
+    cdt = compute_dtype(hidden.dtype)
+    rows, walk, acts = _valid_rows(valid, actions)
+    logp_r, ent_r, kl_r = fused_linear_stats(
+        hidden.reshape(m * t, h),
+        weight,
+        bias,
+        None if ref_hidden is None else ref_hidden.reshape(m * t, h),
+        ref_weight,
+        ref_bias,
+        walk,
+        acts,
+        chunk,
+        cdt,
+    )
+    return _finish(
+        logp_r,
+        ent_r,
+        kl_r,
+        rows,
+        valid,
+        returns,
+        group_ids,
+        ref_logp,
+        ref_hidden is not None,
+        opts,
+        hidden.dtype,
+        process_group,
+    )

@@ -1,0 +1,289 @@
+"""``haepo_loss`` and ``haepo_loss_packed`` on torch tensors (padded and packed layouts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from haepo_core import HAEPOOutput
+
+from . import _validate as V
+from ._distributed import global_group_index
+from ._objective import compute_dtype, kl_steps, objective
+from ._segments import dense_group_index
+
+__all__ = ["haepo_loss", "haepo_loss_packed", "group_index"]
+
+
+def group_index(
+    group_ids: torch.Tensor | None, m: int, device: torch.device, process_group: Any
+) -> tuple[torch.Tensor, int]:
+    if process_group is not None:
+        return global_group_index(group_ids, m, device, process_group)
+    return dense_group_index(group_ids, m, device)
+
+
+def _sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    # Replace padding *before* any arithmetic: NaN/inf there must reach neither the value nor
+    # the gradient (where() after an exp would still send 0 * inf = NaN back through exp).
+    x = x.to(cdt)
+    return torch.where(valid, x, torch.zeros((), dtype=cdt, device=x.device))
+
+
+def _step_counts(seg: torch.Tensor, m: int, cdt: torch.dtype) -> torch.Tensor:
+    """Steps per trajectory ``[M]``, checking ``0 <= segment_ids < M`` on the way.
+
+    Eagerly one ``bincount`` does both (an id >= M lengthens its output, a negative id makes it
+    fail) instead of separate min, max and count passes; while compiling, a static-shape
+    ``index_add`` (bincount's output size is data dependent) and no check.
+    """
+    if not V.is_concrete(seg):
+        ones = torch.ones(seg.shape[0], dtype=cdt, device=seg.device)
+        return torch.zeros(m, dtype=cdt, device=seg.device).index_add(0, seg, ones)
+    try:
+        counts = torch.bincount(seg, minlength=m)
+        ok = counts.shape[0] == m
+    except RuntimeError:  # negative ids
+        ok = False
+    if not ok:
+        lo, hi = int(seg.min()), int(seg.max())
+        raise ValueError(
+            f"segment_ids: expected values in 0..M-1 = 0..{m - 1}, got values in {lo}..{hi}"
+        )
+    return counts.to(cdt)
+
+
+def haepo_loss(
+    logp: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    group_ids: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: float = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    process_group: Any = None,
+) -> HAEPOOutput:
+    r"""The HAEPO loss on padded trajectories (torch; closed-form policy backward).
+
+    .. math::
+
+        L_k &= \sum_t m_{k,t}\,\text{logp}_{k,t} \quad(\div T_k \text{ if length\_normalize}),
+        \qquad w_k = \operatorname{softmax}_{j \in g(k)}(L_j / \tau)_k \\
+        \text{loss} &= -\frac{1}{\#\text{groups}} \sum_g \sum_{k \in g} w_k \tilde R_k
+            - \lambda\, \overline{H} + \beta\, \overline{KL}
+
+    Same arguments, keywords, outputs and errors as :func:`haepo_core.haepo_loss`; the
+    gradient of the policy term is computed in closed form,
+    :math:`\partial J/\partial L_k = -(w_k/\tau)(\tilde R_k - \bar R_g)/\#\text{groups}`, in
+    one pass that keeps only ``w`` (no softmax graph). ``torch.compile(fullgraph=True)``
+    compiles it without a graph break (value checks are skipped while compiling: check
+    eagerly first).
+
+    Args:
+      logp: ``[M, T]`` float16/bfloat16/float32/float64 log-probs of the actions taken
+        (padding may hold anything, NaN and inf included).
+      returns: ``[M]`` real returns (integers allowed).
+      mask: ``[M, T]`` bool (or 0/1) validity; ``None`` = all valid. Every trajectory needs one
+        valid step.
+      group_ids: ``[M]`` integer group labels (any values; global labels with
+        ``process_group``); ``None`` = one group.
+      entropy: ``[M, T]`` per-step entropy (needed when ``entropy_coef > 0``).
+      ref_logp: ``[M, T]`` reference log-probs (a constant; needed when ``kl_coef > 0``).
+      entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize,
+        eps: as in the core.
+      process_group: a ``torch.distributed`` group over which groups are spread: the softmax
+        normalizers, return statistics and token counts are reduced across its ranks; every
+        rank returns the global loss and receives ``world_size x`` its slice of the gradient
+        (the DDP/FSDP averaging convention). ``None`` = single process.
+
+    Returns:
+      :class:`haepo_core.HAEPOOutput` in ``logp``'s dtype and device; reductions run in
+      float32 (float64 stays float64).
+
+    Example:
+      >>> import torch
+      >>> from haepo_backends.torch import haepo_loss
+      >>> logp = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.2]]))
+      >>> mask = torch.tensor([[True, True], [True, False], [True, True]])
+      >>> out = haepo_loss(logp.requires_grad_(), torch.tensor([1.0, 0.0, 2.0]), mask)
+      >>> round(float(out.loss), 6)
+      0.88511
+      >>> out.loss.backward()
+    """
+    dev = V.check_tensors(
+        logp=logp,
+        returns=returns,
+        mask=mask,
+        group_ids=group_ids,
+        entropy=entropy,
+        ref_logp=ref_logp,
+    )
+    V.check_rank("logp", logp, 2, "[M, T]")
+    V.check_float(V.xp, "logp", logp)
+    m, t = logp.shape
+    V.check_returns(V.xp, "returns", returns, m)
+    if group_ids is not None:
+        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
+    valid = V.valid_mask(mask, (m, t), dev)
+    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
+        if arr is not None:
+            V.check_float(V.xp, name, arr)
+            V.check_shape(name, arr, (m, t), "[M, T] (same as logp)")
+    opts = V.options(
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        normalize_returns=normalize_returns,
+        temperature=temperature,
+        length_normalize=length_normalize,
+        eps=eps,
+        has_entropy=entropy is not None,
+        has_kl=ref_logp is not None,
+    )
+    n_k_int = valid.sum(dim=1)
+    V.check_nonempty(n_k_int, "mask")
+    V.check_finite(V.xp, "returns", returns, None)
+
+    cdt = compute_dtype(logp.dtype)
+    x = _sanitize(logp, valid, cdt)
+    n_k = n_k_int.to(cdt)
+    kl_sum = None
+    if ref_logp is not None:
+        ref = _sanitize(ref_logp.detach(), valid, cdt)
+        kl_sum = kl_steps(x, ref, opts.kl_estimator).sum()  # 0 at padding: there x = ref = 0
+    L = x.sum(dim=1)
+    ent_sum = None if entropy is None else _sanitize(entropy, valid, cdt).sum()
+    V.check_finite_deferred(
+        [L, ent_sum, kl_sum],  # NaN/inf in ref_logp always makes the KL sum non-finite
+        [("logp", logp, valid), ("entropy", entropy, valid), ("ref_logp", ref_logp, valid)],
+    )
+    index, num = group_index(group_ids, m, dev, process_group)
+    out = objective(
+        L=L,
+        n_k=n_k,
+        returns=returns,
+        index=index,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=n_k.sum(),
+        opts=opts,
+        out_dtype=logp.dtype,
+        group=process_group,
+    )
+    return out
+
+
+def haepo_loss_packed(
+    logp: torch.Tensor,
+    segment_ids: torch.Tensor,
+    returns: torch.Tensor,
+    *,
+    group_ids: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: float = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    process_group: Any = None,
+) -> HAEPOOutput:
+    r"""The HAEPO loss on packed, padding-free steps (torch; closed-form policy backward).
+
+    Same objective as :func:`haepo_loss` with
+    :math:`L_k = \sum_{i:\,\text{segment\_ids}_i = k} \text{logp}_i`, computed with one
+    ``index_add`` (its backward is a gather): the cost grows with the number of steps ``N``,
+    not with ``M * max(T_k)``. Steps of one trajectory need not be contiguous.
+
+    Args:
+      logp: ``[N]`` floating log-probs of every step.
+      segment_ids: ``[N]`` integer trajectory index in ``0..M-1`` (every trajectory needs one
+        step; with ``process_group``, local indices into this rank's ``returns``).
+      returns: ``[M]``; group_ids: ``[M]``; entropy, ref_logp: ``[N]``; keywords and
+        ``process_group``: as in :func:`haepo_loss`.
+
+    Returns:
+      :class:`haepo_core.HAEPOOutput` in ``logp``'s dtype.
+
+    Example:
+      >>> import torch
+      >>> from haepo_backends.torch import haepo_loss_packed
+      >>> logp = torch.log(torch.tensor([0.5, 0.5, 0.9, 0.2, 0.2]))
+      >>> out = haepo_loss_packed(logp, torch.tensor([0, 0, 1, 2, 2]),
+      ...                         torch.tensor([1.0, 0.0, 2.0]))
+      >>> round(float(out.loss), 6)
+      0.88511
+    """
+    dev = V.check_tensors(
+        logp=logp,
+        segment_ids=segment_ids,
+        returns=returns,
+        group_ids=group_ids,
+        entropy=entropy,
+        ref_logp=ref_logp,
+    )
+    V.check_rank("logp", logp, 1, "[N]")
+    V.check_float(V.xp, "logp", logp)
+    n = logp.shape[0]
+    V.check_ids(V.xp, "segment_ids", segment_ids, n, "[N], same as logp")
+    V.check_rank("returns", returns, 1, "[M]")
+    m = returns.shape[0]
+    V.check_returns(V.xp, "returns", returns, m)
+    if group_ids is not None:
+        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
+    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
+        if arr is not None:
+            V.check_float(V.xp, name, arr)
+            V.check_shape(name, arr, (n,), "[N] (same as logp)")
+    opts = V.options(
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        normalize_returns=normalize_returns,
+        temperature=temperature,
+        length_normalize=length_normalize,
+        eps=eps,
+        has_entropy=entropy is not None,
+        has_kl=ref_logp is not None,
+    )
+    cdt = compute_dtype(logp.dtype)
+    seg = segment_ids.to(torch.int64)
+    n_k = _step_counts(seg, m, cdt)
+    V.check_nonempty(n_k, "segment_ids")
+    V.check_finite(V.xp, "returns", returns, None)
+
+    x = logp.to(cdt)
+    kl_sum = None
+    if ref_logp is not None:
+        kl_sum = kl_steps(x, ref_logp.detach().to(cdt), opts.kl_estimator).sum()
+    L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, seg, x)
+    ent_sum = None if entropy is None else entropy.to(cdt).sum()
+    V.check_finite_deferred(
+        [L, ent_sum, kl_sum],
+        [("logp", logp, None), ("entropy", entropy, None), ("ref_logp", ref_logp, None)],
+    )
+    index, num = group_index(group_ids, m, dev, process_group)
+    return objective(
+        L=L,
+        n_k=n_k,
+        returns=returns,
+        index=index,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=n_k.sum(),
+        opts=opts,
+        out_dtype=logp.dtype,
+        group=process_group,
+    )

@@ -1,0 +1,311 @@
+"""Benchmarks for the JAX backend (``haepo_backends.jax``), ratios measured side by side.
+
+1. From hidden states with entropy and exact KL (M=8, T=256, V=32000, H=512, float32, CPU,
+   groups of 4): the fused, chunked ``haepo_loss_from_hidden`` against a naive
+   ``jit(value_and_grad)`` that materializes the logits and the reference logits. Each variant
+   runs in a fresh subprocess (so peaks do not mix) with ``MALLOC_MMAP_THRESHOLD_`` set (freed
+   memory kept by glibc does not count); the peak extra RSS is ``ru_maxrss`` minus the RSS
+   once the inputs exist. Compile time (first call) is reported apart from the steady state.
+2. Memory flat in T: the fused path at a fixed chunk for growing T; the extra memory beyond the
+   ``d hidden`` gradient buffer (which grows with T by nature) should stay flat.
+3. Steady-state policy term from per-step log-probs (M=1024, T=512, groups of 8): the jitted
+   JAX ``haepo_loss`` loss + gradient against the torch backend's ``haepo_loss`` + backward
+   (or the core on torch tensors when the torch backend does not import), in one run.
+
+Usage: ``python benchmarks/bench_jax.py [--quick] [--plot out.png]``.
+Targets (issue 5): (1) peak extra memory <= 0.2x naive at <= 1.3x its time; (2) flat in T;
+(3) <= 1.2x the torch backend's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+WORKER_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "65536",  # large buffers are mmapped, so free() returns them
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # no up-front pool (matters on accelerators)
+    "XLA_PYTHON_CLIENT_ALLOCATOR": "platform",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> float:
+    """Reset the peak-RSS mark (Linux >= 4.0) and return the current RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def _timed(compiled, args: tuple, reps: int) -> tuple[float, float, object]:
+    """``(steady_s, peak_extra_mb, last_out)``: peak RSS above the RSS before the first run."""
+    import jax
+
+    base = _reset_peak()
+    out = jax.block_until_ready(compiled(*args))  # warm-up run, counted in the peak
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), _status_mb("VmHWM") - base, out
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one variant of the from-hidden benchmark in this (fresh) process
+# --------------------------------------------------------------------------------------------
+
+
+def _hidden_worker(variant: str, m: int, t: int, v: int, h: int, chunk: int, reps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from haepo_backends.jax import haepo_loss_from_hidden
+
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(m, t, h)).astype(np.float32) * 0.05)
+    weight = jnp.asarray(rng.normal(size=(v, h)).astype(np.float32) * 0.05)
+    ref_hidden = hidden + jnp.asarray(rng.normal(size=(m, t, h)).astype(np.float32) * 0.01)
+    actions = jnp.asarray(rng.integers(0, v, size=(m, t)).astype(np.int32))
+    returns = jnp.asarray(rng.normal(size=m).astype(np.float32))
+    group_ids = jnp.asarray(np.repeat(np.arange(m // 4 + (m % 4 > 0)), 4)[:m].astype(np.int32))
+    num_groups = int(group_ids.max()) + 1
+    jax.block_until_ready((hidden, weight, ref_hidden))
+    coefs = dict(entropy_coef=0.01, kl_coef=0.1)
+
+    if variant == "naive":
+
+        def loss_fn(hd, w):
+            # Materializes [M, T, V] logits and reference logits, as a plain JAX user would.
+            logits = jnp.einsum("mth,vh->mtv", hd, w)
+            ref = jax.lax.stop_gradient(jnp.einsum("mth,vh->mtv", ref_hidden, w))
+            lsm = jax.nn.log_softmax(logits)
+            p = jnp.exp(lsm)
+            logp = jnp.take_along_axis(lsm, actions[..., None], axis=-1)[..., 0]
+            ent = -jnp.sum(p * lsm, axis=-1)
+            kl = jnp.sum(p * (lsm - jax.nn.log_softmax(ref)), axis=-1)
+            big_l = jnp.sum(logp, axis=1)
+            w_pl = jnp.exp(big_l - jax.ops.segment_max(big_l, group_ids, num_groups)[group_ids])
+            w_pl = w_pl / jax.ops.segment_sum(w_pl, group_ids, num_groups)[group_ids]
+            cnt = jax.ops.segment_sum(jnp.ones_like(returns), group_ids, num_groups)
+            mean = jax.ops.segment_sum(returns, group_ids, num_groups) / cnt
+            c = returns - mean[group_ids]
+            std = jnp.sqrt(jax.ops.segment_sum(c * c, group_ids, num_groups) / cnt)
+            r_norm = c / (std[group_ids] + 1e-8)
+            policy = -jnp.sum(w_pl * r_norm) / num_groups
+            return policy - coefs["entropy_coef"] * ent.mean() + coefs["kl_coef"] * kl.mean()
+
+    else:
+
+        def loss_fn(hd, w):
+            return haepo_loss_from_hidden(
+                hd, w, actions, returns, ref_hidden=ref_hidden, group_ids=group_ids,
+                num_groups=num_groups, chunk_size=chunk, **coefs,
+            ).loss
+
+    # Compile ahead of time, so compile time and compiler memory stay out of the steady state.
+    t0 = time.perf_counter()
+    step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(hidden, weight).compile()
+    compile_s = time.perf_counter() - t0
+    steady, peak, out = _timed(step, (hidden, weight), reps)
+    return {
+        "variant": variant,
+        "T": t,
+        "chunk": chunk,
+        "compile_s": compile_s,
+        "steady_s": steady,
+        "peak_extra_mb": peak,
+        "dhidden_mb": m * t * h * 4 / 2**20,
+        "loss": float(out[0]),
+    }
+
+
+def _policy_worker(m: int, t: int, group: int, reps: int) -> dict:
+    """Steady-state loss + gradient of the policy term, JAX (jit) and torch, same data."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from haepo_backends.jax import haepo_loss
+
+    rng = np.random.default_rng(0)
+    logp_np = (-rng.random((m, t)) * 3).astype(np.float32)
+    lengths = rng.integers(t // 2, t + 1, size=m)
+    mask_np = np.arange(t)[None, :] < lengths[:, None]
+    ret_np = rng.normal(size=m).astype(np.float32)
+    gid_np = np.repeat(np.arange(m // group), group).astype(np.int32)
+    res = {}
+
+    lp, mk, rt, gi = map(jnp.asarray, (logp_np, mask_np, ret_np, gid_np))
+
+    def loss_fn(x):
+        return haepo_loss(x, rt, mk, group_ids=gi, num_groups=m // group).loss
+
+    t0 = time.perf_counter()
+    step = jax.jit(jax.value_and_grad(loss_fn)).lower(lp).compile()
+    res["jax_compile_s"] = time.perf_counter() - t0
+    res["jax_steady_s"] = _timed(step, (lp,), reps)[0]
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        res["torch_impl"] = "torch not installed"
+        return res
+    try:
+        from haepo_backends.torch import haepo_loss as torch_loss
+
+        res["torch_impl"] = "haepo_backends.torch.haepo_loss"
+    except Exception as err:  # noqa: BLE001 - the sibling backend may be mid-edit
+        from haepo_core import haepo_loss as torch_loss
+
+        res["torch_impl"] = f"haepo_core.haepo_loss on torch (torch backend: {err!r:.80})"
+    tl = torch.from_numpy(logp_np).requires_grad_(True)
+    tm, tr, tg = (torch.from_numpy(a) for a in (mask_np, ret_np, gid_np.astype(np.int64)))
+    times = []
+    for i in range(reps + 1):
+        tl.grad = None
+        t0 = time.perf_counter()
+        torch_loss(tl, tr, tm, group_ids=tg).loss.backward()
+        if i:
+            times.append(time.perf_counter() - t0)
+    res["torch_steady_s"] = statistics.median(times)
+    res["torch_threads"] = torch.get_num_threads()
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _run_worker(args: list[str]) -> dict:
+    env = {**os.environ, **WORKER_ENV}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", *args],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
+    parser.add_argument("--chunk", type=int, default=128, help="tokens per chunk (fused path)")
+    parser.add_argument("--plot", default=None, help="write a PNG of memory vs T here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "hidden":
+            variant, m, t, v, h, chunk, reps = rest
+            out = _hidden_worker(variant, int(m), int(t), int(v), int(h), int(chunk), int(reps))
+        else:
+            m, t, g, reps = map(int, rest)
+            out = _policy_worker(m, t, g, reps)
+        print(json.dumps(out))
+        return 0
+
+    from tqdm import tqdm
+
+    quick = args.quick
+    m, t, v, h = (8, 128, 8000, 256) if quick else (8, 256, 32000, 512)
+    reps = args.reps or (2 if quick else 3)
+    t_list = [t // 2, t, 2 * t, 4 * t] if not quick else [t // 2, t, 2 * t]
+    pm, pt = (256, 256) if quick else (1024, 512)
+
+    jobs = [("hidden", "naive", m, t), ("hidden", "fused", m, t)]
+    jobs += [("hidden", "fused", m, tt) for tt in t_list if tt != t]
+    results = []
+    for kind, variant, mm, tt in tqdm(jobs + [("policy", "", pm, pt)], desc="bench_jax"):
+        if kind == "hidden":
+            results.append(
+                _run_worker(["hidden", variant, str(mm), str(tt), str(v), str(h),
+                             str(args.chunk), str(reps)])
+            )
+        else:
+            policy = _run_worker(["policy", str(pm), str(pt), "8", str(max(reps, 5))])
+
+    naive = results[0]
+    fused = results[1]
+    print(f"\nFrom hidden, entropy + exact KL: M={m}, T={t}, V={v}, H={h}, float32, "
+          f"chunk={args.chunk}, jit(value_and_grad), CPU")
+    print("| variant | compile s | steady s | peak extra MB | time ratio | memory ratio |")
+    print("|---|---|---|---|---|---|")
+    for r in (naive, fused):
+        print(f"| {r['variant']} | {r['compile_s']:.2f} | {r['steady_s']:.3f} | "
+              f"{r['peak_extra_mb']:.0f} | {r['steady_s'] / naive['steady_s']:.2f} | "
+              f"{r['peak_extra_mb'] / naive['peak_extra_mb']:.3f} |")
+    print(f"loss naive {naive['loss']:.6f} vs fused {fused['loss']:.6f}")
+    tm = fused["steady_s"] / naive["steady_s"] <= 1.3
+    mm_ = fused["peak_extra_mb"] / naive["peak_extra_mb"] <= 0.2
+    print(f"targets: memory <= 0.2x naive: {'met' if mm_ else 'NOT met'}; "
+          f"time <= 1.3x naive: {'met' if tm else 'NOT met'}")
+
+    flat = sorted([r for r in results if r["variant"] == "fused"], key=lambda r: r["T"])
+    print(f"\nMemory vs T at chunk={args.chunk} (fused; d hidden = M*T*H*4 bytes grows with T)")
+    print("| T | steady s | peak extra MB | d hidden MB | extra minus d hidden MB |")
+    print("|---|---|---|---|---|")
+    for r in flat:
+        print(f"| {r['T']} | {r['steady_s']:.3f} | {r['peak_extra_mb']:.0f} | "
+              f"{r['dhidden_mb']:.0f} | {r['peak_extra_mb'] - r['dhidden_mb']:.0f} |")
+    lo = flat[0]["peak_extra_mb"] - flat[0]["dhidden_mb"]
+    hi = flat[-1]["peak_extra_mb"] - flat[-1]["dhidden_mb"]
+    print(f"extra beyond d hidden, T={flat[-1]['T']} vs T={flat[0]['T']}: {hi / lo:.2f}x")
+
+    print(f"\nPolicy term, loss + gradient, M={pm}, T={pt}, groups of 8, float32, steady state")
+    print("| implementation | compile s | steady s | ratio to torch |")
+    print("|---|---|---|---|")
+    if "torch_steady_s" in policy:
+        ts = policy["torch_steady_s"]
+        print(f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
+              f"{policy['jax_steady_s'] * 1e3:.1f} ms | {policy['jax_steady_s'] / ts:.2f} |")
+        print(f"| {policy['torch_impl']} (eager, {policy['torch_threads']} threads) | - | "
+              f"{ts * 1e3:.1f} ms | 1.00 |")
+        ok = policy["jax_steady_s"] / ts <= 1.2
+        print(f"target <= 1.2x torch: {'met' if ok else 'NOT met'}")
+    else:
+        print(f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
+              f"{policy['jax_steady_s'] * 1e3:.1f} ms | - |  ({policy['torch_impl']})")
+
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ts_ = [r["T"] for r in flat]
+        ax.plot(ts_, [r["peak_extra_mb"] for r in flat], "o-", label="fused: peak extra")
+        ax.plot(ts_, [r["peak_extra_mb"] - r["dhidden_mb"] for r in flat], "s--",
+                label="fused: extra minus d hidden")
+        ax.axhline(naive["peak_extra_mb"], color="r", ls=":", label=f"naive at T={t}")
+        ax.set_xlabel("T (tokens per sequence)")
+        ax.set_ylabel("MB")
+        ax.set_title(f"JAX from_hidden, M={m}, V={v}, H={h}, chunk={args.chunk}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""HAEPO on CartPole-v1 in JAX (flax + optax), single file in CleanRL's manner.
+
+    python examples/cleanrl/haepo_cartpole_jax.py
+    python examples/cleanrl/haepo_cartpole_jax.py --help
+
+The same algorithm and defaults as ``haepo_cartpole.py`` (the torch version), written the JAX
+way: the policy is a ``flax.linen`` MLP, parameters are a pytree updated by ``optax.adam``, the
+frozen reference is the previous parameter pytree (:class:`haepo_adapters.cleanrl.ReferenceParams`,
+refreshed after every update), and the loss is the pure function returned by
+:func:`haepo_adapters.cleanrl.make_haepo_loss_fn`, differentiated with ``jax.value_and_grad``.
+
+Shapes, the JAX way: XLA compiles once per input shape, and a fixed-length rollout yields a
+different number of episodes every time. So this script steps the envs in chunks of
+``num_steps``, queues the completed episodes (unfinished ones are carried over by the
+builder), and updates on exactly ``episodes_per_update`` episodes padded to the env's episode
+limit (500 steps): the jitted update (``make_haepo_loss_fn(layout="padded")`` + optax) compiles
+once. Episodes left in the queue after an update are used by the next one (collected by the
+previous policy: HAEPO has no importance ratio, so this is a small, bounded staleness).
+
+Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
+20-episode moving-average return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+import flax.linen as nn
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from haepo_adapters.cleanrl import (
+    ReferenceParams,
+    TrajectoryBuilder,
+    make_haepo_loss_fn,
+)
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = "haepo_cartpole_jax"
+    seed: int = 1
+    env_id: str = "CartPole-v1"
+    total_timesteps: int = 100_000
+    num_envs: int = 8
+    num_steps: int = 32
+    episodes_per_update: int = 8
+    learning_rate: float = 1e-2
+    update_epochs: int = 4
+    entropy_coef: float = 0.01
+    kl_coef: float = 0.1
+    temperature: float = 1.0
+    length_normalize: bool = True
+    hidden: int = 64
+    out_dir: str = "runs"
+    plot: bool = True
+    progress: bool = True
+    moving_average: int = 20
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(Args):
+        name = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(name, type=type(f.default), default=f.default)
+    return Args(**vars(parser.parse_args(argv)))
+
+
+class Actor(nn.Module):
+    """obs -> 64 tanh -> 64 tanh -> logits, orthogonal init as CleanRL's PPO actor."""
+
+    n_actions: int
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.orthogonal
+        x = nn.tanh(nn.Dense(self.hidden, kernel_init=init(np.sqrt(2)))(x))
+        x = nn.tanh(nn.Dense(self.hidden, kernel_init=init(np.sqrt(2)))(x))
+        return nn.Dense(self.n_actions, kernel_init=init(0.01))(x)
+
+
+def make_envs(args: Args) -> gym.vector.VectorEnv:
+    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
+    assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def moving_average(x: np.ndarray, k: int) -> np.ndarray:
+    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(n - k, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
+    ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(args: Args) -> dict[str, object]:
+    np.random.seed(args.seed)
+    key = jax.random.PRNGKey(args.seed)
+    run_name = f"{args.exp_name}__{args.seed}__{int(time.time())}"
+    out = Path(args.out_dir) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+
+    envs = make_envs(args)
+    obs_dim = envs.single_observation_space.shape[0]
+    actor = Actor(envs.single_action_space.n, args.hidden)
+    key, init_key = jax.random.split(key)
+    params = actor.init(init_key, jnp.zeros((1, obs_dim)))
+    optimizer = optax.adam(args.learning_rate)
+    opt_state = optimizer.init(params)
+    reference = ReferenceParams(params, refresh_every=1)
+    builder = TrajectoryBuilder(autoreset="next_step", incomplete="carry")
+
+    @jax.jit
+    def act(params: object, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        key, sub = jax.random.split(key)  # one dispatch per env step
+        return jax.random.categorical(sub, actor.apply(params, obs)), key
+
+    loss_fn = make_haepo_loss_fn(
+        actor.apply,
+        kind="categorical",
+        layout="padded",
+        entropy_coef=args.entropy_coef,
+        kl_coef=args.kl_coef,
+        temperature=args.temperature,
+        length_normalize=args.length_normalize,
+    )
+
+    @jax.jit
+    def update_step(params: object, opt_state: object, ref_params: object, batch: dict) -> tuple:
+        def epoch(carry: tuple, _: None) -> tuple:
+            params, opt_state = carry
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, ref_params, batch
+            )
+            upd, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, upd), opt_state), (loss, stats)
+
+        (params, opt_state), (loss, stats) = jax.lax.scan(
+            epoch, (params, opt_state), None, length=args.update_epochs
+        )
+        return params, opt_state, loss[-1], jax.tree.map(lambda x: x[-1], stats)
+
+    max_len = envs.spec.max_episode_steps if envs.spec is not None else 500
+    queue: list[tuple[np.ndarray, np.ndarray, float]] = []  # (obs [T, d], actions [T], R)
+
+    def make_batch(eps: list[tuple[np.ndarray, np.ndarray, float]]) -> dict[str, jax.Array]:
+        k = len(eps)
+        obs = np.zeros((k, max_len, obs_dim), np.float32)
+        acts = np.zeros((k, max_len), np.int32)
+        mask = np.zeros((k, max_len), bool)
+        for i, (o, a, _) in enumerate(eps):
+            obs[i, : len(a)], acts[i, : len(a)], mask[i, : len(a)] = o, a, True
+        rets = np.array([r for _, _, r in eps], np.float32)
+        return {"obs": obs, "actions": acts, "mask": mask, "returns": rets}
+
+    s, e = args.num_steps, args.num_envs
+    obs_buf = np.zeros((s, e, obs_dim), dtype=np.float32)
+    act_buf = np.zeros((s, e), dtype=np.int32)
+    rew_buf = np.zeros((s, e), dtype=np.float32)
+    term_buf = np.zeros((s, e), dtype=bool)
+    trunc_buf = np.zeros((s, e), dtype=bool)
+
+    episodes: list[tuple[int, float, int]] = []
+    updates: list[dict[str, float]] = []
+    next_obs, _ = envs.reset(seed=args.seed)
+    global_step = 0
+    start = time.time()
+    batch = s * e
+    num_chunks = max(args.total_timesteps // batch, 1)
+    update = 0
+    bar = tqdm(total=num_chunks * batch, disable=not args.progress, unit="step", desc="HAEPO-JAX")
+    for _chunk in range(num_chunks):
+        for step in range(s):
+            global_step += e
+            obs_buf[step] = next_obs
+            action, key = act(params, jnp.asarray(next_obs, jnp.float32), key)
+            action = np.asarray(action)
+            act_buf[step] = action
+            next_obs, reward, term, trunc, info = envs.step(action)
+            rew_buf[step], term_buf[step], trunc_buf[step] = reward, term, trunc
+            if "episode" in info:
+                for i in np.flatnonzero(info["_episode"]):
+                    episodes.append(
+                        (global_step, float(info["episode"]["r"][i]), int(info["episode"]["l"][i]))
+                    )
+        bar.update(batch)
+
+        traj = builder.build(
+            rew_buf, terminated=term_buf, truncated=trunc_buf, obs=obs_buf, actions=act_buf
+        )
+        ends = np.cumsum(traj.lengths)
+        for k in range(traj.num_trajectories):
+            lo = ends[k] - traj.lengths[k]
+            queue.append(
+                (
+                    traj.steps["obs"][lo : ends[k]],
+                    traj.steps["actions"][lo : ends[k]],
+                    float(traj.returns[k]),
+                )
+            )
+        if len(queue) < args.episodes_per_update:
+            continue
+        eps, queue = queue[: args.episodes_per_update], queue[args.episodes_per_update :]
+        update += 1
+        params, opt_state, loss, stats = update_step(
+            params, opt_state, reference.params, make_batch(eps)
+        )
+        reference.step(params)
+        row: dict[str, float] = {"update": update, "global_step": global_step, "episodes": len(eps)}
+        row.update({k: float(v) for k, v in stats.items()})
+        row["loss"] = float(loss)
+        updates.append(row)
+        if episodes:
+            ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
+            bar.set_postfix(ma_return=f"{ma:.1f}", ess=f"{row.get('ess', float('nan')):.1f}")
+    bar.close()
+    envs.close()
+    wall = time.time() - start
+
+    ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "global_step", "episodic_return", "episodic_length"])
+        for st, r, n in episodes:
+            w.writerow(["episode", st, r, n])
+    keys = sorted({k for row in updates for k in row})
+    with open(out / "updates.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(updates)
+    final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
+    if args.plot and len(ep):
+        title = "HAEPO CartPole-v1 (JAX)"
+        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title)
+    return {
+        "run_dir": str(out),
+        "episodes": ep,
+        "updates": updates,
+        "final_moving_average": final_ma,
+        "wall_time": wall,
+        "global_step": global_step,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    res = train(args)
+    print(f"run dir: {res['run_dir']}")
+    print(
+        f"final {args.moving_average}-episode moving-average return: "
+        f"{res['final_moving_average']:.1f} after {res['global_step']} env steps "
+        f"in {res['wall_time']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""haepo_loss_from_logits / haepo_loss_from_hidden (chunked, recomputed in backward) against
+the core's materializing ``haepo_core.haepo_loss_from_logits``."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from haepo_backends.torch import (  # noqa: E402
+    default_chunk_size,
+    haepo_loss_from_hidden,
+    haepo_loss_from_logits,
+)
+
+import haepo_core  # noqa: E402
+
+M, T, V, H = 6, 5, 11, 4
+KW = dict(entropy_coef=0.1, kl_coef=0.2, temperature=0.7)
+
+
+def _data(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(M, T, generator=g) > 0.3
+    mask[:, 0] = True
+    actions = torch.randint(0, V, (M, T), generator=g)
+    actions[~mask] = -100  # padding may hold anything
+    logits = torch.randn(M, T, V, generator=g, dtype=dtype) * 2
+    logits[0, 0, (actions[0, 0] + 1) % V] = -float("inf")  # a masked vocabulary entry
+    return dict(
+        logits=logits,
+        ref_logits=torch.randn(M, T, V, generator=g, dtype=dtype),
+        ref_logp=-2 * torch.rand(M, T, generator=g, dtype=dtype),
+        actions=actions,
+        mask=mask,
+        returns=torch.randn(M, generator=g, dtype=dtype),
+        group_ids=torch.tensor([3, 3, 1, 1, 7, 7]),
+        hidden=torch.randn(M, T, H, generator=g, dtype=dtype),
+        weight=torch.randn(V, H, generator=g, dtype=dtype),
+        bias=torch.randn(V, generator=g, dtype=dtype),
+        ref_hidden=torch.randn(M, T, H, generator=g, dtype=dtype),
+        ref_weight=torch.randn(V, H, generator=g, dtype=dtype),
+    )
+
+
+def _logits_run(fn, d, logits, kl, **kw):
+    x = logits.clone().requires_grad_()
+    ref = {"ref_logits": d["ref_logits"]} if kl == "exact" else {"ref_logp": d["ref_logp"]}
+    out = fn(x, d["actions"], d["returns"], d["mask"], group_ids=d["group_ids"], **ref, **kw)
+    (g,) = torch.autograd.grad(out.loss, [x])
+    return out, g
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+@pytest.mark.parametrize("kl", ["exact", "estimator"])
+def test_from_logits_matches_core(chunk, kl):
+    d = _data()
+    o, g = _logits_run(haepo_loss_from_logits, d, d["logits"], kl, chunk_size=chunk, **KW)
+    oc, gc = _logits_run(haepo_core.haepo_loss_from_logits, d, d["logits"], kl, **KW)
+    torch.testing.assert_close(o.loss, oc.loss)
+    torch.testing.assert_close(o.weights, oc.weights)
+    for k in oc.stats:
+        torch.testing.assert_close(o.stats[k], oc.stats[k], msg=k)
+    torch.testing.assert_close(g, gc)
+
+
+def test_from_logits_padding_never_reaches_value_or_gradient():
+    d = _data(1)
+    poisoned = d["logits"].clone()
+    poisoned[~d["mask"]] = float("nan")
+    o, g = _logits_run(haepo_loss_from_logits, d, poisoned, "exact", chunk_size=3, **KW)
+    oc, gc = _logits_run(haepo_core.haepo_loss_from_logits, d, d["logits"], "exact", **KW)
+    torch.testing.assert_close(o.loss, oc.loss)
+    assert torch.isfinite(g).all() and (g[~d["mask"]] == 0).all()
+    torch.testing.assert_close(g, gc)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_logits_low_precision_computes_in_float32(dtype):
+    d = _data(2, torch.float32)
+    lo = d["logits"].to(dtype)
+    o, g = _logits_run(haepo_loss_from_logits, d, lo, "exact", chunk_size=4, **KW)
+    assert o.loss.dtype == dtype and g.dtype == dtype
+    oc, gc = _logits_run(haepo_core.haepo_loss_from_logits, d, lo.float(), "exact", **KW)
+    torch.testing.assert_close(o.loss.float(), oc.loss, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(g.float(), gc, rtol=2e-2, atol=2e-3)
+
+
+def test_zero_coefficients_skip_their_backward_terms_but_keep_stats():
+    d = _data(3)
+    kw = dict(entropy_coef=0.0, kl_coef=0.0)
+    o, g = _logits_run(haepo_loss_from_logits, d, d["logits"], "exact", chunk_size=2, **kw)
+    oc, gc = _logits_run(haepo_core.haepo_loss_from_logits, d, d["logits"], "exact", **kw)
+    torch.testing.assert_close(o.stats["entropy"], oc.stats["entropy"])
+    torch.testing.assert_close(o.stats["kl"], oc.stats["kl"])
+    torch.testing.assert_close(g, gc)
+
+
+def test_from_logits_keeps_no_vocab_sized_tensor_for_backward():
+    """The chunking trick: nothing [rows, V]-sized is saved but the input logits themselves."""
+    d = _data(4)
+    logits = d["logits"].clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        haepo_loss_from_logits(
+            logits,
+            d["actions"],
+            d["returns"],
+            d["mask"],
+            ref_logits=d["ref_logits"],
+            chunk_size=2,
+            **KW,
+        )
+    big = [x for x in saved if x.numel() >= M * T * V]
+    assert all(x.data_ptr() in (logits.data_ptr(), d["ref_logits"].data_ptr()) for x in big)
+
+
+def _hidden_run(d, use_bias, ref, chunk):
+    ps = [d["hidden"].clone().requires_grad_(), d["weight"].clone().requires_grad_()]
+    bias = d["bias"].clone().requires_grad_() if use_bias else None
+    kw = dict(KW)
+    if ref == "head":
+        kw.update(ref_hidden=d["ref_hidden"], ref_weight=d["ref_weight"])
+    elif ref == "shared_head":
+        kw.update(ref_hidden=d["ref_hidden"])
+    else:
+        kw.update(ref_logp=d["ref_logp"])
+    out = haepo_loss_from_hidden(
+        ps[0],
+        ps[1],
+        d["actions"],
+        d["returns"],
+        d["mask"],
+        bias=bias,
+        group_ids=d["group_ids"],
+        chunk_size=chunk,
+        **kw,
+    )
+    leaves = ps + ([bias] if use_bias else [])
+    return out, torch.autograd.grad(out.loss, leaves)
+
+
+def _hidden_core(d, use_bias, ref):
+    ps = [d["hidden"].clone().requires_grad_(), d["weight"].clone().requires_grad_()]
+    bias = d["bias"].clone().requires_grad_() if use_bias else None
+    logits = ps[0] @ ps[1].T + (bias if use_bias else 0)
+    kw = dict(KW)
+    if ref == "estimator":
+        kw.update(ref_logp=d["ref_logp"])
+    else:
+        rw = d["ref_weight"] if ref == "head" else d["weight"]
+        kw.update(
+            ref_logits=d["ref_hidden"] @ rw.T + (d["bias"] if use_bias and ref != "head" else 0)
+        )
+    out = haepo_core.haepo_loss_from_logits(
+        logits, d["actions"], d["returns"], d["mask"], group_ids=d["group_ids"], **kw
+    )
+    leaves = ps + ([bias] if use_bias else [])
+    return out, torch.autograd.grad(out.loss, leaves)
+
+
+@pytest.mark.parametrize(
+    ("use_bias", "ref", "chunk"),
+    [(True, "head", 3), (False, "head", 1), (True, "shared_head", 7), (True, "estimator", None)],
+)
+def test_from_hidden_matches_core_on_materialized_logits(use_bias, ref, chunk):
+    d = _data(5)
+    o, grads = _hidden_run(d, use_bias, ref, chunk)
+    oc, grads_c = _hidden_core(d, use_bias, ref)
+    torch.testing.assert_close(o.loss, oc.loss)
+    torch.testing.assert_close(o.stats["entropy"], oc.stats["entropy"])
+    torch.testing.assert_close(o.stats["kl"], oc.stats["kl"])
+    for a, b in zip(grads, grads_c):
+        torch.testing.assert_close(a, b)
+
+
+def test_from_hidden_bfloat16_runs_and_tracks_float32():
+    d = _data(6, torch.float32)
+    lo = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in d.items()}
+    o, grads = _hidden_run(lo, True, "head", 4)
+    assert o.loss.dtype == torch.bfloat16
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3
+    up = {k: (v.float() if v.is_floating_point() else v) for k, v in lo.items()}
+    oc, grads_c = _hidden_run(up, True, "head", 4)
+    torch.testing.assert_close(o.loss.float(), oc.loss, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(grads[1].float(), grads_c[1], rtol=5e-2, atol=5e-2)
+
+
+def test_from_hidden_never_materializes_all_logits():
+    d = _data(7)
+    hidden = d["hidden"].clone().requires_grad_()
+    weight = d["weight"].clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        out = haepo_loss_from_hidden(
+            hidden,
+            weight,
+            d["actions"],
+            d["returns"],
+            d["mask"],
+            ref_hidden=d["ref_hidden"],
+            chunk_size=2,
+            **KW,
+        )
+    assert max(x.numel() for x in saved) < M * T * V
+    out.loss.backward()
+    assert hidden.grad.shape == hidden.shape and weight.grad.shape == weight.shape
+
+
+def test_default_chunk_size_depends_on_device_and_vocabulary():
+    cpu = default_chunk_size("cpu", 32000)
+    cuda = default_chunk_size("cuda", 32000)
+    assert cpu == 128 and cuda == 1048 // 8 * 8
+    assert default_chunk_size("cpu", 10**9) == 1
+    assert default_chunk_size("cpu", 7) % 8 == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_every_path_runs_on_cuda():
+    d = {k: v.cuda() for k, v in _data(8, torch.float32).items()}
+    o, _ = _logits_run(haepo_loss_from_logits, d, d["logits"], "exact", **KW)
+    o2, _ = _hidden_run(d, True, "head", None)
+    assert o.loss.is_cuda and o2.loss.is_cuda
+
+
+def test_all_valid_steps_walk_views_and_match_core():
+    """With no mask, chunks are views of the inputs (no gather): same results as the core."""
+    d = _data(9)
+    x = d["logits"].clone().requires_grad_()
+    acts = d["actions"].clamp(min=0)
+    o = haepo_loss_from_logits(
+        x, acts, d["returns"], ref_logits=d["ref_logits"], chunk_size=4, **KW
+    )
+    (g,) = torch.autograd.grad(o.loss, [x])
+    y = d["logits"].clone().requires_grad_()
+    oc = haepo_core.haepo_loss_from_logits(y, acts, d["returns"], ref_logits=d["ref_logits"], **KW)
+    (gc,) = torch.autograd.grad(oc.loss, [y])
+    torch.testing.assert_close(o.loss, oc.loss)
+    torch.testing.assert_close(g, gc)
+    # the input was not modified in place by the view-based walk
+    torch.testing.assert_close(x.detach(), d["logits"])
+
+    h = d["hidden"].clone().requires_grad_()
+    w = d["weight"].clone().requires_grad_()
+    o = haepo_loss_from_hidden(
+        h, w, acts, d["returns"], ref_hidden=d["ref_hidden"], chunk_size=5, **KW
+    )
+    gh, gw = torch.autograd.grad(o.loss, [h, w])
+    h2 = d["hidden"].clone().requires_grad_()
+    w2 = d["weight"].clone().requires_grad_()
+    oc = haepo_core.haepo_loss_from_logits(
+        h2 @ w2.T, acts, d["returns"], ref_logits=d["ref_hidden"] @ w2.detach().T, **KW
+    )
+    gh2, gw2 = torch.autograd.grad(oc.loss, [h2, w2])
+    torch.testing.assert_close(o.loss, oc.loss)
+    torch.testing.assert_close(gh, gh2)
+    torch.testing.assert_close(gw, gw2)
