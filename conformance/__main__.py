@@ -40,38 +40,80 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check HAEPO backends against the specification, under Hypothesis.",
         epilog="Properties: " + ", ".join(f"{q.number} {q.name}" for q in PROPERTIES.values()),
     )
-    p.add_argument("--backend", action="append", default=[], metavar="NAME_OR_module:object",
-                   help="a registered backend name (entry-point group haepo.backends) or "
-                        "'package.module:object'; repeatable")
-    p.add_argument("--all", action="store_true",
-                   help="every registered backend; those whose framework is not installed "
-                        "are skipped with a note")
-    p.add_argument("--property", action="append", default=[], metavar="NAME",
-                   help="run only these properties (names, globs such as 'invariance.*', or "
-                        "issue numbers 1-8); repeatable")
-    p.add_argument("--list", action="store_true",
-                   help="list the properties and the registered backends, then exit")
-    p.add_argument("--max-examples", type=int, default=20,
-                   help="Hypothesis examples per property (default 20; extremes use at most "
-                        "4 and variants at most 8)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="Hypothesis seed (default: a random one, printed so a run can be "
-                        "repeated)")
-    p.add_argument("--derandomize", action="store_true",
-                   help="derive examples from the test itself: the same on every run")
-    p.add_argument("--no-shrink", action="store_true",
-                   help="report the first failing example as found, without shrinking it "
-                        "(faster; the example is larger)")
-    p.add_argument("--dtype", action="append", default=[], choices=sorted(EPS),
-                   help="dtype(s) under test; repeatable (default: every dtype the backend "
-                        "lists)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="NAME_OR_module:object",
+        help="a registered backend name (entry-point group haepo.backends) or "
+        "'package.module:object'; repeatable",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every registered backend; those whose framework is not installed "
+        "are skipped with a note",
+    )
+    p.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only these properties (names, globs such as 'invariance.*', or "
+        "issue numbers 1-8); repeatable",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the properties and the registered backends, then exit",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=20,
+        help="Hypothesis examples per property (default 20; extremes use at most "
+        "4 and variants at most 8)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Hypothesis seed (default: a random one, printed so a run can be repeated)",
+    )
+    p.add_argument(
+        "--derandomize",
+        action="store_true",
+        help="derive examples from the test itself: the same on every run",
+    )
+    p.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report the first failing example as found, without shrinking it "
+        "(faster; the example is larger)",
+    )
+    p.add_argument(
+        "--dtype",
+        action="append",
+        default=[],
+        choices=sorted(EPS),
+        help="dtype(s) under test; repeatable (default: every dtype the backend lists)",
+    )
     p.add_argument("--device", default=None, help="device passed to the backend (e.g. cuda)")
-    p.add_argument("--xfail", default=None, metavar="FILE",
-                   help="file of expected failures: 'BACKEND PROPERTY [reason]' per line")
-    p.add_argument("--vectors", default=None, metavar="DIR",
-                   help="golden vector directory (default: the packaged vectors)")
-    p.add_argument("--report", default=None, metavar="OUT.json",
-                   help="write a JSON report of the run")
+    p.add_argument(
+        "--xfail",
+        default=None,
+        metavar="FILE",
+        help="file of expected failures: 'BACKEND PROPERTY [reason]' per line",
+    )
+    p.add_argument(
+        "--vectors",
+        default=None,
+        metavar="DIR",
+        help="golden vector directory (default: the packaged vectors)",
+    )
+    p.add_argument(
+        "--report", default=None, metavar="OUT.json", help="write a JSON report of the run"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -109,13 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = resolve_backends(args.backend, args.all)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     head = header(entries, cfg)
-    print("haepo conformance suite", head["haepo_conformance"],
-          f"(hypothesis {head['hypothesis']}, python {head['python']})")
+    print(
+        "haepo conformance suite",
+        head["haepo_conformance"],
+        f"(hypothesis {head['hypothesis']}, python {head['python']})",
+    )
     for info in head["backends"]:
         if info["loaded"]:
-            print(f"  backend {info['name']}: {info['library']} {info['library_version']}, "
-                  f"dtypes {info['dtypes']}, devices {info['devices']}, variants "
-                  f"{info['variants'] or 'none'}")
+            print(
+                f"  backend {info['name']}: {info['library']} {info['library_version']}, "
+                f"dtypes {info['dtypes']}, devices {info['devices']}, variants "
+                f"{info['variants'] or 'none'}"
+            )
         else:
             print(f"  backend {info['spec']}: {info['note']}")
     mode = "derandomized" if cfg.derandomize else f"seed {seed}"
@@ -124,8 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results, entries))
     if args.report:
-        write_report(args.report, entries, cfg, results,
-                     argv=list(argv) if argv is not None else sys.argv[1:])
+        write_report(
+            args.report,
+            entries,
+            cfg,
+            results,
+            argv=list(argv) if argv is not None else sys.argv[1:],
+        )
         print(f"report written to {args.report}")
     return 1 if failed(results) else 0
 

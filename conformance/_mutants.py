@@ -55,8 +55,14 @@ def _groups(group_ids: Any, m: int) -> tuple[np.ndarray, int]:
     return inv, int(inv.max()) + 1 if m else 0
 
 
-def _policy_dl(w: np.ndarray, r_norm: np.ndarray, gidx: np.ndarray, num: int, tau: float,
-               n_k: np.ndarray | None) -> np.ndarray:
+def _policy_dl(
+    w: np.ndarray,
+    r_norm: np.ndarray,
+    gidx: np.ndarray,
+    num: int,
+    tau: float,
+    n_k: np.ndarray | None,
+) -> np.ndarray:
     """Closed-form d J_PL / d L_k (divided by T_k under length normalization)."""
     r_bar = np.bincount(gidx, weights=w * r_norm, minlength=num)[gidx]
     d_l = -(w / tau) * (r_norm - r_bar) / num
@@ -95,8 +101,9 @@ class Mutant:
     def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
         return self.base.haepo_loss(logp, returns, mask, **kw)
 
-    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
-                          ) -> HAEPOOutput:
+    def haepo_loss_packed(
+        self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
+    ) -> HAEPOOutput:
         return self.base.haepo_loss_packed(logp, segment_ids, returns, **kw)
 
     def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
@@ -109,15 +116,22 @@ class Mutant:
     def _back(self, x: np.ndarray, like: Any) -> Any:
         return self.base.asarray(np.asarray(x, np.float64), dtype=_dtype_name(like))
 
-    def _loss_from_inputs(self, inputs: Mapping[str, Any], packed: bool, dtype: str,
-                          kw: Mapping[str, Any]) -> HAEPOOutput:
-        args = {k: self.base.asarray(np.asarray(v), dtype=dtype if np.asarray(v).dtype.kind
-                                     == "f" else None) for k, v in inputs.items()}
+    def _loss_from_inputs(
+        self, inputs: Mapping[str, Any], packed: bool, dtype: str, kw: Mapping[str, Any]
+    ) -> HAEPOOutput:
+        args = {
+            k: self.base.asarray(
+                np.asarray(v), dtype=dtype if np.asarray(v).dtype.kind == "f" else None
+            )
+            for k, v in inputs.items()
+        }
         if packed:
-            return self.haepo_loss_packed(args.pop("logp"), args.pop("segment_ids"),
-                                          args.pop("returns"), **args, **kw)
-        return self.haepo_loss(args.pop("logp"), args.pop("returns"), args.pop("mask", None),
-                               **args, **kw)
+            return self.haepo_loss_packed(
+                args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **kw
+            )
+        return self.haepo_loss(
+            args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **kw
+        )
 
     @staticmethod
     def _split(kw: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -150,19 +164,30 @@ class DetachedWeights(Mutant):
         loss, grads = self.base.value_and_grad(inputs, **kw)
         packed = bool(call.get("packed", False))
         out = self._loss_from_inputs(inputs, packed, call.get("dtype", "float64"), opts)
-        w, r_norm = self._np(out.weights).astype(np.float64), self._np(
-            out.normalized_returns).astype(np.float64)
+        w, r_norm = (
+            self._np(out.weights).astype(np.float64),
+            self._np(out.normalized_returns).astype(np.float64),
+        )
         m = w.shape[0]
         gidx, num = _groups(inputs.get("group_ids"), m)
         if packed:
             seg = np.asarray(inputs["segment_ids"])
             n_k = np.bincount(seg, minlength=m).astype(np.float64)
         else:
-            valid = (np.ones(np.shape(inputs["logp"]), bool) if inputs.get("mask") is None
-                     else np.asarray(inputs["mask"]) != 0)
+            valid = (
+                np.ones(np.shape(inputs["logp"]), bool)
+                if inputs.get("mask") is None
+                else np.asarray(inputs["mask"]) != 0
+            )
             n_k = valid.sum(axis=1).astype(np.float64)
-        d_l = _policy_dl(w, r_norm, gidx, num, float(opts.get("temperature", 1.0)),
-                         n_k if opts.get("length_normalize", False) else None)
+        d_l = _policy_dl(
+            w,
+            r_norm,
+            gidx,
+            num,
+            float(opts.get("temperature", 1.0)),
+            n_k if opts.get("length_normalize", False) else None,
+        )
         if "logp" in grads:
             g = np.asarray(grads["logp"], np.float64)
             g = g - (d_l[seg] if packed else valid * d_l[:, None])
@@ -193,8 +218,9 @@ def _well_formed(returns: np.ndarray, group_ids: Any) -> bool:
     return g.ndim == 1 and g.shape == r.shape and g.dtype.kind in "iu"
 
 
-def _raw_weighted_return(mutant: Mutant, out: HAEPOOutput, returns: Any, group_ids: Any
-                         ) -> HAEPOOutput:
+def _raw_weighted_return(
+    mutant: Mutant, out: HAEPOOutput, returns: Any, group_ids: Any
+) -> HAEPOOutput:
     """Put back the statistics a mutant's input rewriting disturbed (weighted_return uses the
     raw returns, num_groups counts the real groups), so the mutant differs only by its bug."""
     r = mutant._np(returns).astype(np.float64)
@@ -214,7 +240,8 @@ class SampleStd(Mutant):
 
     def _fix(self, returns: Any, group_ids: Any, kw: dict, like: Any) -> tuple[Any, dict]:
         if kw.get("normalize_returns", "zscore") != "zscore" or not _well_formed(
-                self._np(returns), None if group_ids is None else self._np(group_ids)):
+            self._np(returns), None if group_ids is None else self._np(group_ids)
+        ):
             return returns, kw  # bad input: let the correct backend raise its error
         gids = None if group_ids is None else self._np(group_ids)
         r = _ddof1(self._np(returns), gids, float(kw.get("eps", 1e-8)))
@@ -228,17 +255,20 @@ class SampleStd(Mutant):
         out = self.base.haepo_loss(logp, fixed, mask, **kw2)
         return self._stats(out, returns, kw.get("group_ids"))
 
-    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
-                          ) -> HAEPOOutput:
+    def haepo_loss_packed(
+        self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
+    ) -> HAEPOOutput:
         fixed, kw2 = self._fix(returns, kw.get("group_ids"), kw, logp)
         out = self.base.haepo_loss_packed(logp, segment_ids, fixed, **kw2)
         return self._stats(out, returns, kw.get("group_ids"))
 
     def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
         if kw.get("normalize_returns", "zscore") == "zscore" and _well_formed(
-                np.asarray(inputs["returns"]), inputs.get("group_ids")):
-            r = _ddof1(np.asarray(inputs["returns"]), inputs.get("group_ids"),
-                       float(kw.get("eps", 1e-8)))
+            np.asarray(inputs["returns"]), inputs.get("group_ids")
+        ):
+            r = _ddof1(
+                np.asarray(inputs["returns"]), inputs.get("group_ids"), float(kw.get("eps", 1e-8))
+            )
             inputs = {**inputs, "returns": r}
             kw = {**kw, "normalize_returns": "none"}
         return self.base.value_and_grad(inputs, **kw)
@@ -254,8 +284,11 @@ class GlobalSoftmax(Mutant):
     def _global(returns: np.ndarray, group_ids: Any, kw: dict) -> tuple[np.ndarray, dict]:
         r = np.asarray(returns, np.float64)
         gids = None if group_ids is None else np.asarray(group_ids)
-        r_norm = np.asarray(haepo_core.normalize_returns(
-            r, gids, method=kw.get("normalize_returns", "zscore"), eps=kw.get("eps", 1e-8)))
+        r_norm = np.asarray(
+            haepo_core.normalize_returns(
+                r, gids, method=kw.get("normalize_returns", "zscore"), eps=kw.get("eps", 1e-8)
+            )
+        )
         _, num = _groups(gids, r.shape[0])
         kw = {k: v for k, v in kw.items() if k != "group_ids"}
         return r_norm / num, {**kw, "normalize_returns": "none"}
@@ -269,8 +302,9 @@ class GlobalSoftmax(Mutant):
         out = self.base.haepo_loss(logp, self._back(r, logp), mask, **kw2)
         return _raw_weighted_return(self, out, returns, gids)
 
-    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
-                          ) -> HAEPOOutput:
+    def haepo_loss_packed(
+        self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
+    ) -> HAEPOOutput:
         gids = kw.get("group_ids")
         gnp = None if gids is None else self._np(gids)
         if not _well_formed(self._np(returns), gnp):
@@ -295,36 +329,43 @@ class NoLogSumExp(Mutant):
     bug = "exp(L / tau) / sum exp(L / tau) without the max shift"
     caught_by = "extremes"
 
-    def _naive(self, out: HAEPOOutput, group_ids: Any, kw: Mapping[str, Any]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _naive(
+        self, out: HAEPOOutput, group_ids: Any, kw: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         ll = self._np(out.log_likelihood)
         cdt = np.float64 if ll.dtype == np.float64 else np.float32
         gidx, num = _groups(group_ids, ll.shape[0])
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             e = np.exp(ll.astype(cdt) / cdt(kw.get("temperature", 1.0)))
-            w = (e / np.bincount(gidx, weights=e, minlength=num)[gidx].astype(cdt))
+            w = e / np.bincount(gidx, weights=e, minlength=num)[gidx].astype(cdt)
         r_norm = self._np(out.normalized_returns).astype(np.float64)
         return w.astype(np.float64), r_norm, gidx, num
 
     def _patch(self, out: HAEPOOutput, group_ids: Any, kw: Mapping[str, Any]) -> HAEPOOutput:
-        w, r_norm, gidx, num = self._naive(out, group_ids, kw)
+        w, r_norm, _, num = self._naive(out, group_ids, kw)
         with np.errstate(all="ignore"):
             policy = -float(np.sum(w * r_norm)) / num
         base_policy = float(self._np(out.stats["policy_loss"]))
         loss = float(self._np(out.loss)) - base_policy + policy
         stats = dict(out.stats)
         stats["policy_loss"] = self._back(np.asarray(policy), out.loss)
-        return HAEPOOutput(self._back(np.asarray(loss), out.loss), self._back(w, out.weights),
-                           out.normalized_returns, out.log_likelihood, stats)
+        return HAEPOOutput(
+            self._back(np.asarray(loss), out.loss),
+            self._back(w, out.weights),
+            out.normalized_returns,
+            out.log_likelihood,
+            stats,
+        )
 
     def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
         out = self.base.haepo_loss(logp, returns, mask, **kw)
         gids = kw.get("group_ids")
         return self._patch(out, None if gids is None else self._np(gids), kw)
 
-    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
-                          ) -> HAEPOOutput:
+    def haepo_loss_packed(
+        self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
+    ) -> HAEPOOutput:
         out = self.base.haepo_loss_packed(logp, segment_ids, returns, **kw)
         gids = kw.get("group_ids")
         return self._patch(out, None if gids is None else self._np(gids), kw)
@@ -334,15 +375,21 @@ class NoLogSumExp(Mutant):
         loss, grads = self.base.value_and_grad(inputs, **kw)
         packed = bool(call.get("packed", False))
         out = self.base.haepo_loss_packed if packed else None
-        args = {k: self.base.asarray(np.asarray(v), dtype=call.get("dtype", "float64")
-                                     if np.asarray(v).dtype.kind == "f" else None)
-                for k, v in inputs.items()}
+        args = {
+            k: self.base.asarray(
+                np.asarray(v),
+                dtype=call.get("dtype", "float64") if np.asarray(v).dtype.kind == "f" else None,
+            )
+            for k, v in inputs.items()
+        }
         if packed:
-            out = self.base.haepo_loss_packed(args.pop("logp"), args.pop("segment_ids"),
-                                              args.pop("returns"), **args, **opts)
+            out = self.base.haepo_loss_packed(
+                args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **opts
+            )
         else:
-            out = self.base.haepo_loss(args.pop("logp"), args.pop("returns"),
-                                       args.pop("mask", None), **args, **opts)
+            out = self.base.haepo_loss(
+                args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **opts
+            )
         w, r_norm, gidx, num = self._naive(out, inputs.get("group_ids"), opts)
         w0 = self._np(out.weights).astype(np.float64)
         tau = float(opts.get("temperature", 1.0))
@@ -351,13 +398,17 @@ class NoLogSumExp(Mutant):
             seg = np.asarray(inputs["segment_ids"])
             n_k = np.bincount(seg, minlength=m).astype(np.float64)
         else:
-            valid = (np.ones(np.shape(inputs["logp"]), bool) if inputs.get("mask") is None
-                     else np.asarray(inputs["mask"]) != 0)
+            valid = (
+                np.ones(np.shape(inputs["logp"]), bool)
+                if inputs.get("mask") is None
+                else np.asarray(inputs["mask"]) != 0
+            )
             n_k = valid.sum(axis=1).astype(np.float64)
         ln = n_k if opts.get("length_normalize", False) else None
         with np.errstate(all="ignore"):
             change = _policy_dl(w, r_norm, gidx, num, tau, ln) - _policy_dl(
-                w0, r_norm, gidx, num, tau, ln)
+                w0, r_norm, gidx, num, tau, ln
+            )
             policy = -float(np.sum(w * r_norm)) / num
             loss = float(loss) - float(self._np(out.stats["policy_loss"])) + policy
             if "logp" in grads:
@@ -377,14 +428,16 @@ class EntropySign(Mutant):
     def _flip(self, out: HAEPOOutput, kw: Mapping[str, Any]) -> HAEPOOutput:
         coef = float(kw.get("entropy_coef", 0.0))
         loss = self._np(out.loss).astype(np.float64) + 2.0 * coef * self._np(
-            out.stats["entropy"]).astype(np.float64)
+            out.stats["entropy"]
+        ).astype(np.float64)
         return out._replace(loss=self._back(loss, out.loss))
 
     def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
         return self._flip(self.base.haepo_loss(logp, returns, mask, **kw), kw)
 
-    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
-                          ) -> HAEPOOutput:
+    def haepo_loss_packed(
+        self, logp: Any, segment_ids: Any, returns: Any, **kw: Any
+    ) -> HAEPOOutput:
         return self._flip(self.base.haepo_loss_packed(logp, segment_ids, returns, **kw), kw)
 
     def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
@@ -392,9 +445,11 @@ class EntropySign(Mutant):
         loss, grads = self.base.value_and_grad(inputs, **kw)
         coef = float(opts.get("entropy_coef", 0.0))
         if inputs.get("entropy") is not None and coef:
-            valid = (np.ones(np.shape(inputs["logp"]), bool)
-                     if call.get("packed") or inputs.get("mask") is None
-                     else np.asarray(inputs["mask"]) != 0)
+            valid = (
+                np.ones(np.shape(inputs["logp"]), bool)
+                if call.get("packed") or inputs.get("mask") is None
+                else np.asarray(inputs["mask"]) != 0
+            )
             ent = np.where(valid, np.asarray(inputs["entropy"], np.float64), 0.0)
             loss = float(loss) + 2.0 * coef * float(ent.sum() / valid.sum())
         if "entropy" in grads:

@@ -82,8 +82,9 @@ def call_loss(backend: Any, case: S.Case, device: str | None) -> tuple[Any, dict
     """``backend.haepo_loss`` on the case (in its dtype); returns (output, backend inputs)."""
     args = _backend_args(backend, case, device)
     kw = dict(args)
-    out = backend.haepo_loss(kw.pop("logp"), kw.pop("returns"), kw.pop("mask", None), **kw,
-                             **case.options)
+    out = backend.haepo_loss(
+        kw.pop("logp"), kw.pop("returns"), kw.pop("mask", None), **kw, **case.options
+    )
     return out, args
 
 
@@ -114,7 +115,11 @@ def wrt_for(backend: Any, case: S.Case) -> tuple[str, ...]:
 
 
 def call_grad(
-    backend: Any, case: S.Case, device: str | None, *, dtype: str | None = None,
+    backend: Any,
+    case: S.Case,
+    device: str | None,
+    *,
+    dtype: str | None = None,
     packed_inputs: Mapping[str, Any] | None = None,
 ) -> tuple[float, dict[str, np.ndarray]]:
     """``backend.value_and_grad`` on the case (padded, or the given packed inputs)."""
@@ -151,8 +156,9 @@ def _values(backend: Any, ctx: Context):
         out, _ = call_loss(backend, case, ctx.device)
         seen = seen_inputs(backend, case, ctx.device)
         ref = reference_loss(seen, case.options)
-        compare_outputs(output_numpy(backend, out), ref, _tol(case, seen), case.options,
-                        seen["returns"])
+        compare_outputs(
+            output_numpy(backend, out), ref, _tol(case, seen), case.options, seen["returns"]
+        )
 
     return S.cases(ctx.dtypes), check
 
@@ -196,9 +202,7 @@ def _fd_check(backend: Any, case: S.Case, seed: int, device: str | None) -> None
         spread += float(np.sum(np.abs(ge * u)))
     x = np.where(valid, np.abs(case.logp), 0.0)
     # Rounding of x + h v (|x| up to 1e4) and of the loss itself, on top of the truncation.
-    rounding = float(np.sum(np.abs(gl) * np.spacing(x + 1.0))) / h + 4e-16 * (
-        1.0 + abs(loss)
-    ) / h
+    rounding = float(np.sum(np.abs(gl) * np.spacing(x + 1.0))) / h + 4e-16 * (1.0 + abs(loss)) / h
     atol = 1e-6 * (1.0 + spread) + 4.0 * rounding
     if not abs(fd - exact) <= atol:
         raise ConformanceError(
@@ -218,20 +222,36 @@ def _gradient(backend: Any, ctx: Context):
         ref_out, ref_g = reference_grad(seen, case.options)
         tol = _tol(case, seen)
         loss, grads = call_grad(backend, case, ctx.device)
-        assert_close("value_and_grad loss", loss, ref_out.loss, rtol=tol.rtol,
-                     atol=tol.rtol + tol.weight_atol * float(
-                         np.sum(np.abs(ref_out.normalized_returns))),
-                     where="vs the reference loss")
+        assert_close(
+            "value_and_grad loss",
+            loss,
+            ref_out.loss,
+            rtol=tol.rtol,
+            atol=tol.rtol + tol.weight_atol * float(np.sum(np.abs(ref_out.normalized_returns))),
+            where="vs the reference loss",
+        )
         n_steps = float(case.valid.sum())
         gtol = grad_tolerance(ref_out, tol, case.options)
-        kl_part = float(case.options["kl_coef"]) * 25.0 / n_steps if case.ref_logp is not None \
-            else 0.0
-        assert_close("d loss / d logp", grads["logp"], ref_g["logp"], rtol=tol.rtol,
-                     atol=gtol + tol.rtol * kl_part, where="vs the closed form of the spec")
+        kl_part = (
+            float(case.options["kl_coef"]) * 25.0 / n_steps if case.ref_logp is not None else 0.0
+        )
+        assert_close(
+            "d loss / d logp",
+            grads["logp"],
+            ref_g["logp"],
+            rtol=tol.rtol,
+            atol=gtol + tol.rtol * kl_part,
+            where="vs the closed form of the spec",
+        )
         if "entropy" in grads:
-            assert_close("d loss / d entropy", grads["entropy"], ref_g["entropy"],
-                         rtol=tol.rtol, atol=tol.rtol / n_steps,
-                         where="vs the closed form of the spec")
+            assert_close(
+                "d loss / d entropy",
+                grads["entropy"],
+                ref_g["entropy"],
+                rtol=tol.rtol,
+                atol=tol.rtol / n_steps,
+                where="vs the closed form of the spec",
+            )
         if fd:
             _fd_check(backend, case, seed, ctx.device)
 
@@ -242,37 +262,44 @@ def _gradient(backend: Any, ctx: Context):
 # 3. invariances
 
 
-def _compare_pair(a: Mapping[str, Any], b: Mapping[str, Any], tol: Tolerance, where: str,
-                  keys: tuple[str, ...] = ("loss", "weights", "normalized_returns",
-                                           "log_likelihood")) -> None:
+def _compare_pair(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    tol: Tolerance,
+    where: str,
+    keys: tuple[str, ...] = ("loss", "weights", "normalized_returns", "log_likelihood"),
+) -> None:
     for key in keys:
         scale = 1.0 + float(np.max(np.abs(np.nan_to_num(np.asarray(b[key]))), initial=0.0))
-        assert_close(key, a[key], b[key], rtol=tol.rtol, atol=tol.weight_atol * scale,
-                     where=where)
+        assert_close(key, a[key], b[key], rtol=tol.rtol, atol=tol.weight_atol * scale, where=where)
 
 
 def _permutation(backend: Any, ctx: Context):
     def check(example: tuple[S.Case, np.ndarray]) -> None:
         case, perm = example
-        permuted = case.replace(**{
-            k: v[perm] for k, v in case.inputs().items()
-        })
+        permuted = case.replace(**{k: v[perm] for k, v in case.inputs().items()})
         base = output_numpy(backend, call_loss(backend, case, ctx.device)[0])
         moved = output_numpy(backend, call_loss(backend, permuted, ctx.device)[0])
         tol = _tol(case, seen_inputs(backend, case, ctx.device))
-        expected = {k: (v[perm] if np.ndim(v) == 1 else v) for k, v in base.items()
-                    if k != "stats"}
+        expected = {k: (v[perm] if np.ndim(v) == 1 else v) for k, v in base.items() if k != "stats"}
         _compare_pair(moved, expected, tol, f"outputs of the permuted batch, perm={perm.tolist()}")
         for key in ("policy_loss", "entropy", "kl", "ess", "max_weight", "weighted_return"):
-            _compare_pair(moved["stats"], base["stats"], tol, "stats of the permuted batch",
-                          keys=(key,))
+            _compare_pair(
+                moved["stats"], base["stats"], tol, "stats of the permuted batch", keys=(key,)
+            )
         _, g0 = call_grad(backend, case, ctx.device)
         _, g1 = call_grad(backend, permuted, ctx.device)
         ref_out = reference_loss(seen_inputs(backend, case, ctx.device), case.options)
         gtol = grad_tolerance(ref_out, tol, case.options)
         for k in g0:
-            assert_close(f"d loss / d {k}", g1[k], g0[k][perm], rtol=tol.rtol, atol=gtol,
-                         where="gradient of the permuted batch")
+            assert_close(
+                f"d loss / d {k}",
+                g1[k],
+                g0[k][perm],
+                rtol=tol.rtol,
+                atol=gtol,
+                where="gradient of the permuted batch",
+            )
 
     return S.with_permutation(S.cases(ctx.dtypes)), check
 
@@ -292,9 +319,12 @@ def _shift(backend: Any, ctx: Context):
             first = np.argmax(valid, axis=1)
             delta = np.zeros(case.logp.shape)
             delta[np.arange(case.m), first] = per_traj
-        moved = case.replace(logp=np.where(valid, case.logp + delta, case.logp),
-                             ref_logp=None, entropy=None,
-                             options={**case.options, "entropy_coef": 0.0, "kl_coef": 0.0})
+        moved = case.replace(
+            logp=np.where(valid, case.logp + delta, case.logp),
+            ref_logp=None,
+            entropy=None,
+            options={**case.options, "entropy_coef": 0.0, "kl_coef": 0.0},
+        )
         base_case = case.replace(ref_logp=None, entropy=None, options=moved.options)
         a = output_numpy(backend, call_loss(backend, moved, ctx.device)[0])
         b = output_numpy(backend, call_loss(backend, base_case, ctx.device)[0])
@@ -303,9 +333,14 @@ def _shift(backend: Any, ctx: Context):
         where = f"after adding {shifts.tolist()} to L of the groups {labels.tolist()}"
         _compare_pair(a, b, tol, where, keys=("weights", "normalized_returns"))
         scale = 1.0 + float(np.sum(np.abs(b["normalized_returns"])))
-        assert_close("stats['policy_loss']", a["stats"]["policy_loss"],
-                     b["stats"]["policy_loss"], rtol=tol.rtol, atol=tol.weight_atol * scale,
-                     where=where)
+        assert_close(
+            "stats['policy_loss']",
+            a["stats"]["policy_loss"],
+            b["stats"]["policy_loss"],
+            rtol=tol.rtol,
+            atol=tol.weight_atol * scale,
+            where=where,
+        )
 
     return S.with_group_shifts(S.cases(ctx.dtypes, regularizers=False)), check
 
@@ -322,14 +357,23 @@ def _groups(backend: Any, ctx: Context):
             sub = case.replace(**{k: v[rows] for k, v in case.inputs().items()})
             alone = output_numpy(backend, call_loss(backend, sub, ctx.device)[0])
             part = {k: v[rows] for k, v in full.items() if k != "stats" and np.ndim(v) == 1}
-            _compare_pair(part, alone, tol,
-                          f"group {int(label)} inside the batch vs the same group alone",
-                          keys=("weights", "normalized_returns", "log_likelihood"))
+            _compare_pair(
+                part,
+                alone,
+                tol,
+                f"group {int(label)} inside the batch vs the same group alone",
+                keys=("weights", "normalized_returns", "log_likelihood"),
+            )
             policies.append(float(alone["stats"]["policy_loss"]))
         scale = 1.0 + float(np.sum(np.abs(full["normalized_returns"])))
-        assert_close("stats['policy_loss']", full["stats"]["policy_loss"],
-                     float(np.mean(policies)), rtol=tol.rtol, atol=tol.weight_atol * scale,
-                     where=f"batch of {len(labels)} groups vs the mean of each group alone")
+        assert_close(
+            "stats['policy_loss']",
+            full["stats"]["policy_loss"],
+            float(np.mean(policies)),
+            rtol=tol.rtol,
+            atol=tol.weight_atol * scale,
+            where=f"batch of {len(labels)} groups vs the mean of each group alone",
+        )
 
     return S.cases(ctx.dtypes, min_groups=2), check
 
@@ -340,7 +384,7 @@ FILLS = (0.0, float("nan"), float("inf"), float("-inf"), -1e30, 7.25)
 def _padding(backend: Any, ctx: Context):
     def check(case: S.Case) -> None:
         # Two padding columns more, so every example has padding to fill.
-        m, t = case.logp.shape
+        m = case.logp.shape[0]
         mask = np.concatenate([case.valid, np.zeros((m, 2), bool)], axis=1)
 
         def filled(fill: float) -> S.Case:
@@ -350,8 +394,12 @@ def _padding(backend: Any, ctx: Context):
                 wide = np.concatenate([x, np.zeros((m, 2))], axis=1)
                 return np.where(mask, wide, fill)
 
-            return case.replace(logp=pad(case.logp), mask=mask, entropy=pad(case.entropy),
-                                ref_logp=pad(case.ref_logp))
+            return case.replace(
+                logp=pad(case.logp),
+                mask=mask,
+                entropy=pad(case.entropy),
+                ref_logp=pad(case.ref_logp),
+            )
 
         base_case = filled(0.0)
         base = output_numpy(backend, call_loss(backend, base_case, ctx.device)[0])
@@ -365,9 +413,14 @@ def _padding(backend: Any, ctx: Context):
             _compare_pair(got["stats"], base["stats"], tol, where, keys=STAT_KEYS)
             _, g1 = call_grad(backend, other, ctx.device)
             for k in g0:
-                assert_close(f"d loss / d {k}", g1[k], g0[k], rtol=tol.rtol,
-                             atol=tol.rtol * (1.0 + float(np.max(np.abs(g0[k]), initial=0.0))),
-                             where=where)
+                assert_close(
+                    f"d loss / d {k}",
+                    g1[k],
+                    g0[k],
+                    rtol=tol.rtol,
+                    atol=tol.rtol * (1.0 + float(np.max(np.abs(g0[k]), initial=0.0))),
+                    where=where,
+                )
                 pad_grad = g1[k][~mask]
                 if pad_grad.size and not np.all(pad_grad == 0.0):
                     raise ConformanceError(
@@ -384,8 +437,11 @@ def packed_inputs(case: S.Case, seed: int) -> tuple[dict[str, np.ndarray], np.nd
     rows, cols = np.nonzero(valid)
     order = np.random.default_rng(seed).permutation(rows.size)
     rows, cols = rows[order], cols[order]
-    packed = {"logp": case.logp[rows, cols], "segment_ids": rows.astype(np.int64),
-              "returns": case.returns}
+    packed = {
+        "logp": case.logp[rows, cols],
+        "segment_ids": rows.astype(np.int64),
+        "returns": case.returns,
+    }
     for key in ("entropy", "ref_logp"):
         v = getattr(case, key)
         if v is not None:
@@ -400,8 +456,9 @@ def _packed(backend: Any, ctx: Context):
         case, seed = example
         packed, (rows, cols) = packed_inputs(case, seed)
         args = {k: _convert(backend, v, case.dtype, ctx.device) for k, v in packed.items()}
-        out = backend.haepo_loss_packed(args.pop("logp"), args.pop("segment_ids"),
-                                        args.pop("returns"), **args, **case.options)
+        out = backend.haepo_loss_packed(
+            args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **case.options
+        )
         got = output_numpy(backend, out)
         base = output_numpy(backend, call_loss(backend, case, ctx.device)[0])
         tol = _tol(case, seen_inputs(backend, case, ctx.device))
@@ -413,8 +470,14 @@ def _packed(backend: Any, ctx: Context):
         ref_out = reference_loss(seen_inputs(backend, case, ctx.device), case.options)
         gtol = grad_tolerance(ref_out, tol, case.options)
         for k in g0:
-            assert_close(f"d loss / d {k}", gp[k], g0[k][rows, cols], rtol=tol.rtol, atol=gtol,
-                         where="packed value_and_grad vs padded, step by step")
+            assert_close(
+                f"d loss / d {k}",
+                gp[k],
+                g0[k][rows, cols],
+                rtol=tol.rtol,
+                atol=gtol,
+                where="packed value_and_grad vs padded, step by step",
+            )
 
     return S.with_seed(S.cases(ctx.dtypes)), check
 
@@ -445,8 +508,9 @@ def _variants(backend: Any, ctx: Context):
             _, g1 = call_grad(variant, case, ctx.device)
             for k in g0:
                 if k in g1:
-                    assert_close(f"d loss / d {k}", g1[k], g0[k], rtol=tol.rtol, atol=gtol,
-                                 where=where)
+                    assert_close(
+                        f"d loss / d {k}", g1[k], g0[k], rtol=tol.rtol, atol=gtol, where=where
+                    )
 
     # Variants compile per shape: a few shapes keep the run short.
     return S.cases(ctx.dtypes, max_m=6, max_t=6), check
@@ -467,23 +531,31 @@ def _extremes(backend: Any, ctx: Context):
         got = output_numpy(backend, out)
         for key in ("loss", "weights", "normalized_returns", "log_likelihood"):
             if not np.all(np.isfinite(got[key])):
-                raise ConformanceError(f"{key}: expected finite values, got "
-                                       f"{int(np.sum(~np.isfinite(got[key])))} NaN/inf")
+                raise ConformanceError(
+                    f"{key}: expected finite values, got "
+                    f"{int(np.sum(~np.isfinite(got[key])))} NaN/inf"
+                )
         for key in STAT_KEYS:
             if not np.all(np.isfinite(got["stats"][key])):
-                raise ConformanceError(f"stats[{key!r}]: expected finite, got "
-                                       f"{got['stats'][key]}")
+                raise ConformanceError(f"stats[{key!r}]: expected finite, got {got['stats'][key]}")
         w = got["weights"]
         tol = Tolerance(case.dtype)
         if np.any(w < 0) or np.any(w > 1 + tol.rtol):
             raise ConformanceError(f"weights: expected values in [0, 1], got {w.min()}..{w.max()}")
-        assert_close("sum of the weights", np.sum(w), 1.0, rtol=0.0,
-                     atol=tol.rtol + 4 * tol.eps_compute * w.size)
+        assert_close(
+            "sum of the weights",
+            np.sum(w),
+            1.0,
+            rtol=0.0,
+            atol=tol.rtol + 4 * tol.eps_compute * w.size,
+        )
         _, grads = call_grad(backend, case, ctx.device)
         for k, g in grads.items():
             if not np.all(np.isfinite(g)):
-                raise ConformanceError(f"d loss / d {k}: expected finite values, got "
-                                       f"{int(np.sum(~np.isfinite(g)))} NaN/inf")
+                raise ConformanceError(
+                    f"d loss / d {k}: expected finite values, got "
+                    f"{int(np.sum(~np.isfinite(g)))} NaN/inf"
+                )
         seen = seen_inputs(backend, case, ctx.device)
         ref = reference_loss(seen, case.options)
         compare_outputs(got, ref, _tol(case, seen), case.options, seen["returns"])
@@ -508,8 +580,14 @@ def _bad_inputs(case: S.Case) -> dict[str, tuple[type, str, Callable[[], tuple[d
             arrays = dict(inputs)
             options = dict(opts)
             for k, v in changes.items():
-                if k in ("kl_estimator", "normalize_returns", "temperature", "entropy_coef",
-                         "kl_coef", "eps"):
+                if k in (
+                    "kl_estimator",
+                    "normalize_returns",
+                    "temperature",
+                    "entropy_coef",
+                    "kl_coef",
+                    "eps",
+                ):
                     options[k] = v
                 elif v is None:
                     arrays.pop(k, None)
@@ -529,26 +607,32 @@ def _bad_inputs(case: S.Case) -> dict[str, tuple[type, str, Callable[[], tuple[d
     return {
         "logp of rank 1": (ValueError, "logp", with_(logp=case.logp[0])),
         "integer logp": (TypeError, "logp", with_(logp=np.zeros((m, t), np.int64))),
-        "returns of length M+1": (ValueError, "returns",
-                                  with_(returns=np.zeros(m + 1))),
+        "returns of length M+1": (ValueError, "returns", with_(returns=np.zeros(m + 1))),
         "mask of the wrong shape": (ValueError, "mask", with_(mask=np.ones((m, t + 1), bool))),
         "NaN logp at a valid step": (ValueError, "logp", with_(logp=nan_logp)),
         "a trajectory with no valid step": (ValueError, "mask", with_(mask=empty)),
         "inf in returns": (ValueError, "returns", with_(returns=inf_returns)),
         "unknown kl_estimator": (ValueError, "kl_estimator", with_(kl_estimator="k4")),
-        "unknown normalize_returns": (ValueError, "normalize_returns",
-                                      with_(normalize_returns="minmax")),
+        "unknown normalize_returns": (
+            ValueError,
+            "normalize_returns",
+            with_(normalize_returns="minmax"),
+        ),
         "temperature <= 0": (ValueError, "temperature", with_(temperature=0.0)),
         "negative entropy_coef": (ValueError, "entropy_coef", with_(entropy_coef=-0.1)),
-        "entropy_coef > 0 without entropy": (ValueError, "entropy",
-                                             with_(entropy_coef=0.1, entropy=None)),
-        "kl_coef > 0 without ref_logp": (ValueError, "ref_logp",
-                                         with_(kl_coef=0.1, ref_logp=None)),
+        "entropy_coef > 0 without entropy": (
+            ValueError,
+            "entropy",
+            with_(entropy_coef=0.1, entropy=None),
+        ),
+        "kl_coef > 0 without ref_logp": (ValueError, "ref_logp", with_(kl_coef=0.1, ref_logp=None)),
         "float group_ids": (TypeError, "group_ids", with_(group_ids=np.zeros(m))),
-        "group_ids of length M+1": (ValueError, "group_ids",
-                                    with_(group_ids=np.zeros(m + 1, np.int64))),
-        "entropy of the wrong shape": (ValueError, "entropy",
-                                       with_(entropy=np.zeros((m, t + 1)))),
+        "group_ids of length M+1": (
+            ValueError,
+            "group_ids",
+            with_(group_ids=np.zeros(m + 1, np.int64)),
+        ),
+        "entropy of the wrong shape": (ValueError, "entropy", with_(entropy=np.zeros((m, t + 1)))),
     }
 
 
@@ -564,8 +648,9 @@ def _errors(backend: Any, ctx: Context):
         arrays, options = make()
         args = {k: _convert(backend, v, case.dtype, ctx.device) for k, v in arrays.items()}
         try:
-            backend.haepo_loss(args.pop("logp"), args.pop("returns"), args.pop("mask", None),
-                               **args, **options)
+            backend.haepo_loss(
+                args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **options
+            )
         except expected as err:
             if argument not in str(err):
                 raise ConformanceError(
@@ -578,8 +663,10 @@ def _errors(backend: Any, ctx: Context):
                 f"{kind}: expected {expected.__name__} naming {argument!r}, got "
                 f"{type(err).__name__}: {err}"
             ) from err
-        raise ConformanceError(f"{kind}: expected {expected.__name__} naming {argument!r}, "
-                               f"but the call returned normally")
+        raise ConformanceError(
+            f"{kind}: expected {expected.__name__} naming {argument!r}, "
+            f"but the call returned normally"
+        )
 
     return S.with_choice(S.cases(ctx.dtypes, max_m=4, max_t=4), BAD_INPUTS), check
 
@@ -603,32 +690,59 @@ def _golden(backend: Any, ctx: Context) -> str:
         inputs = {k: _convert(backend, v, dtype, ctx.device) for k, v in vec["inputs"].items()}
         args = dict(inputs)
         if packed:
-            out = backend.haepo_loss_packed(args.pop("logp"), args.pop("segment_ids"),
-                                            args.pop("returns"), **args, **vec["options"])
+            out = backend.haepo_loss_packed(
+                args.pop("logp"),
+                args.pop("segment_ids"),
+                args.pop("returns"),
+                **args,
+                **vec["options"],
+            )
         else:
-            out = backend.haepo_loss(args.pop("logp"), args.pop("returns"),
-                                     args.pop("mask", None), **args, **vec["options"])
+            out = backend.haepo_loss(
+                args.pop("logp"),
+                args.pop("returns"),
+                args.pop("mask", None),
+                **args,
+                **vec["options"],
+            )
         got = output_numpy(backend, out)
         exp = vec["expected"]
         if dtype == "float64":
             rtol, atol = vec["tolerance"]["rtol"], vec["tolerance"]["atol"]
         else:
-            t = tolerance(dtype, vec["inputs"]["logp"], vec["inputs"].get("mask"),
-                          vec["options"]["temperature"])
+            t = tolerance(
+                dtype,
+                vec["inputs"]["logp"],
+                vec["inputs"].get("mask"),
+                vec["options"]["temperature"],
+            )
             rtol, atol = t.rtol, t.weight_atol
         for key in ("loss", "weights", "normalized_returns", "log_likelihood"):
             if key in exp:
                 assert_close(key, got[key], exp[key], rtol=rtol, atol=atol, where=where)
         for key, val in exp.get("stats", {}).items():
-            assert_close(f"stats[{key!r}]", got["stats"][key], val, rtol=rtol, atol=atol,
-                         where=where)
+            assert_close(
+                f"stats[{key!r}]", got["stats"][key], val, rtol=rtol, atol=atol, where=where
+            )
         if "grad" in exp:
             wrt = [k for k in exp["grad"] if k in tuple(backend.differentiable)]
-            _, grads = backend.value_and_grad(vec["inputs"], wrt=tuple(wrt), packed=packed,
-                                              dtype=dtype, device=ctx.device, **vec["options"])
+            _, grads = backend.value_and_grad(
+                vec["inputs"],
+                wrt=tuple(wrt),
+                packed=packed,
+                dtype=dtype,
+                device=ctx.device,
+                **vec["options"],
+            )
             for k in wrt:
-                assert_close(f"d loss / d {k}", np.asarray(grads[k], np.float64),
-                             exp["grad"][k], rtol=rtol, atol=atol, where=where)
+                assert_close(
+                    f"d loss / d {k}",
+                    np.asarray(grads[k], np.float64),
+                    exp["grad"][k],
+                    rtol=rtol,
+                    atol=atol,
+                    where=where,
+                )
         done += 1
     note = f"{done} golden vectors reproduced in {dtype}"
     return note + (f" ({skipped} packed ones skipped)" if skipped else "")
@@ -643,17 +757,19 @@ def _namespace(backend: Any, ctx: Context):
         try:
             ns = array_api_compat.array_namespace(x)
         except TypeError as err:
-            raise ConformanceError(f"{name}: expected an array of the input's namespace, got "
-                                   f"{type(x).__name__}") from err
+            raise ConformanceError(
+                f"{name}: expected an array of the input's namespace, got {type(x).__name__}"
+            ) from err
         want = array_api_compat.array_namespace(like)
         if ns is not want:
-            raise ConformanceError(f"{name}: expected namespace {want.__name__}, got "
-                                   f"{ns.__name__}")
+            raise ConformanceError(f"{name}: expected namespace {want.__name__}, got {ns.__name__}")
         if x.dtype != like.dtype:
             raise ConformanceError(f"{name}: expected dtype {like.dtype} (logp's), got {x.dtype}")
         if array_api_compat.device(x) != array_api_compat.device(like):
-            raise ConformanceError(f"{name}: expected device {array_api_compat.device(like)}, "
-                                   f"got {array_api_compat.device(x)}")
+            raise ConformanceError(
+                f"{name}: expected device {array_api_compat.device(like)}, "
+                f"got {array_api_compat.device(x)}"
+            )
         if x.ndim != ndim:
             raise ConformanceError(f"{name}: expected a {ndim}-d array, got shape {x.shape}")
 
@@ -678,17 +794,29 @@ def _namespace(backend: Any, ctx: Context):
             packed, _ = packed_inputs(case, seed)
             pargs = {k: _convert(backend, v, case.dtype, ctx.device) for k, v in packed.items()}
             like = pargs["logp"]
-            pout = backend.haepo_loss_packed(pargs.pop("logp"), pargs.pop("segment_ids"),
-                                             pargs.pop("returns"), **pargs, **case.options)
+            pout = backend.haepo_loss_packed(
+                pargs.pop("logp"),
+                pargs.pop("segment_ids"),
+                pargs.pop("returns"),
+                **pargs,
+                **case.options,
+            )
             check_out(pout, like, case.m, "haepo_loss_packed")
-        loss, grads = backend.value_and_grad(case.inputs(), wrt=wrt_for(backend, case),
-                                             dtype=case.dtype, device=ctx.device, **case.options)
+        loss, grads = backend.value_and_grad(
+            case.inputs(),
+            wrt=wrt_for(backend, case),
+            dtype=case.dtype,
+            device=ctx.device,
+            **case.options,
+        )
         float(loss)
         for k, g in grads.items():
             if not isinstance(g, np.ndarray) or g.shape != case.logp.shape:
-                raise ConformanceError(f"value_and_grad: expected the gradient {k!r} as a NumPy "
-                                       f"array of shape {case.logp.shape}, got "
-                                       f"{type(g).__name__} {getattr(g, 'shape', None)}")
+                raise ConformanceError(
+                    f"value_and_grad: expected the gradient {k!r} as a NumPy "
+                    f"array of shape {case.logp.shape}, got "
+                    f"{type(g).__name__} {getattr(g, 'shape', None)}"
+                )
 
     return S.with_seed(S.cases(ctx.dtypes)), check
 
@@ -698,31 +826,80 @@ def _namespace(backend: Any, ctx: Context):
 PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in (
-        Property("values", 1, "loss, weights, R~, L and stats agree with the float64 reference",
-                 _values),
-        Property("gradient", 2, "value_and_grad equals the closed form and central finite "
-                 "differences (float64)", _gradient),
-        Property("invariance.permutation", 3, "permuting trajectories permutes every output "
-                 "and gradient", _permutation),
-        Property("invariance.shift", 3, "adding a constant to L inside a group leaves the "
-                 "weights unchanged (even +-800, beyond exp's range)", _shift),
-        Property("invariance.groups", 3, "each group's weights and R~ are those of the group "
-                 "alone; the policy loss is the mean over groups", _groups),
-        Property("invariance.padding", 3, "padding values (0, NaN, +-inf, garbage) change "
-                 "neither outputs nor gradients; padding gradient is 0", _padding),
-        Property("invariance.packed", 3, "haepo_loss_packed == haepo_loss, gradients too",
-                 _packed, applies=_needs_packed),
-        Property("variants", 4, "every backend.variants() entry (jit, compile, chunked...) "
-                 "equals eager", _variants, applies=_has_variants,
-                 max_examples=lambda n: max(1, min(n, 8))),
-        Property("extremes", 5, "finite results for L down to -1e6, M up to 4096, T up to "
-                 "8192", _extremes, max_examples=lambda n: max(1, min(n, 4))),
-        Property("errors", 6, "bad input raises the documented ValueError/TypeError naming "
-                 "the argument", _errors),
-        Property("golden", 7, "the golden vectors of conformance/vectors/ are reproduced",
-                 None, run=_golden),
-        Property("namespace", 8, "outputs stay in the input's namespace, dtype and device",
-                 _namespace),
+        Property(
+            "values", 1, "loss, weights, R~, L and stats agree with the float64 reference", _values
+        ),
+        Property(
+            "gradient",
+            2,
+            "value_and_grad equals the closed form and central finite differences (float64)",
+            _gradient,
+        ),
+        Property(
+            "invariance.permutation",
+            3,
+            "permuting trajectories permutes every output and gradient",
+            _permutation,
+        ),
+        Property(
+            "invariance.shift",
+            3,
+            "adding a constant to L inside a group leaves the "
+            "weights unchanged (even +-800, beyond exp's range)",
+            _shift,
+        ),
+        Property(
+            "invariance.groups",
+            3,
+            "each group's weights and R~ are those of the group "
+            "alone; the policy loss is the mean over groups",
+            _groups,
+        ),
+        Property(
+            "invariance.padding",
+            3,
+            "padding values (0, NaN, +-inf, garbage) change "
+            "neither outputs nor gradients; padding gradient is 0",
+            _padding,
+        ),
+        Property(
+            "invariance.packed",
+            3,
+            "haepo_loss_packed == haepo_loss, gradients too",
+            _packed,
+            applies=_needs_packed,
+        ),
+        Property(
+            "variants",
+            4,
+            "every backend.variants() entry (jit, compile, chunked...) equals eager",
+            _variants,
+            applies=_has_variants,
+            max_examples=lambda n: max(1, min(n, 8)),
+        ),
+        Property(
+            "extremes",
+            5,
+            "finite results for L down to -1e6, M up to 4096, T up to 8192",
+            _extremes,
+            max_examples=lambda n: max(1, min(n, 4)),
+        ),
+        Property(
+            "errors",
+            6,
+            "bad input raises the documented ValueError/TypeError naming the argument",
+            _errors,
+        ),
+        Property(
+            "golden",
+            7,
+            "the golden vectors of conformance/vectors/ are reproduced",
+            None,
+            run=_golden,
+        ),
+        Property(
+            "namespace", 8, "outputs stay in the input's namespace, dtype and device", _namespace
+        ),
     )
 }
 
@@ -733,9 +910,13 @@ def select_properties(patterns: list[str] | None) -> list[Property]:
 
     if not patterns:
         return list(PROPERTIES.values())
-    chosen = [p for p in PROPERTIES.values()
-              if any(fnmatch.fnmatchcase(p.name, pat) or pat == str(p.number) for pat in patterns)]
+    chosen = [
+        p
+        for p in PROPERTIES.values()
+        if any(fnmatch.fnmatchcase(p.name, pat) or pat == str(p.number) for pat in patterns)
+    ]
     if not chosen:
-        raise ValueError(f"property: expected a name or glob among {list(PROPERTIES)}, got "
-                         f"{patterns}")
+        raise ValueError(
+            f"property: expected a name or glob among {list(PROPERTIES)}, got {patterns}"
+        )
     return chosen

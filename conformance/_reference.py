@@ -73,7 +73,9 @@ class Tolerance:
         return f"Tolerance({self.dtype}, rtol={self.rtol:.3g}, weight_atol={self.weight_atol:.3g})"
 
 
-def tolerance(dtype: str, logp: Any = None, mask: Any = None, temperature: float = 1.0) -> Tolerance:
+def tolerance(
+    dtype: str, logp: Any = None, mask: Any = None, temperature: float = 1.0
+) -> Tolerance:
     """The tolerance for a case: dtype epsilon plus the softmax conditioning of ``logp``."""
     cond = 0.0
     if logp is not None:

@@ -140,8 +140,7 @@ def resolve_backends(specs: Sequence[str], use_all: bool) -> list[BackendEntry]:
             why = f"not installed ({type(err).__name__}: {err})"
             entries.append(BackendEntry(spec, None, ("SKIP: " if optional else "") + why))
         except Exception as err:  # a broken backend is a failure, never a crash of the suite
-            entries.append(BackendEntry(spec, None, f"could not load: {type(err).__name__}: "
-                                                    f"{err}"))
+            entries.append(BackendEntry(spec, None, f"could not load: {type(err).__name__}: {err}"))
     return entries
 
 
@@ -155,23 +154,27 @@ def load_xfails(path: str | Path) -> list[tuple[str, str, str]]:
             continue
         parts = line.split(None, 2)
         if len(parts) < 2:
-            raise ValueError(f"{path}:{lineno}: expected 'BACKEND PROPERTY [reason]', got "
-                             f"{line!r}")
+            raise ValueError(f"{path}:{lineno}: expected 'BACKEND PROPERTY [reason]', got {line!r}")
         rules.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
     return rules
 
 
 def _xfail_reason(cfg: RunConfig, backend: str, spec: str, prop: str) -> str | None:
     for b, p, reason in cfg.xfails:
-        if (fnmatch.fnmatchcase(backend, b) or fnmatch.fnmatchcase(spec, b)) and \
-                fnmatch.fnmatchcase(prop, p):
+        if (
+            fnmatch.fnmatchcase(backend, b) or fnmatch.fnmatchcase(spec, b)
+        ) and fnmatch.fnmatchcase(prop, p):
             return reason or "listed in the xfail file"
     return None
 
 
 def _reproduce(spec: str, prop: Property, cfg: RunConfig, dtypes: Sequence[str]) -> str:
-    cmd = ["python -m haepo_conformance", f"--backend {spec}", f"--property {prop.name}",
-           f"--max-examples {prop.max_examples(cfg.max_examples)}"]
+    cmd = [
+        "python -m haepo_conformance",
+        f"--backend {spec}",
+        f"--property {prop.name}",
+        f"--max-examples {prop.max_examples(cfg.max_examples)}",
+    ]
     cmd.append("--derandomize" if cfg.derandomize else f"--seed {cfg.seed}")
     for d in dtypes:
         cmd.append(f"--dtype {d}")
@@ -219,8 +222,9 @@ def run_property(
     result.seconds = round(time.perf_counter() - start, 3)
     if xfail is not None:
         result.note = f"xfail: {xfail}"
-        result.status = XFAIL if result.status == FAIL else (
-            XPASS if result.status == PASS else result.status)
+        result.status = (
+            XFAIL if result.status == FAIL else (XPASS if result.status == PASS else result.status)
+        )
     return result
 
 
@@ -273,10 +277,16 @@ def run_suite(
     for entry in entries:
         if entry.backend is None:
             skipped = entry.note.startswith("SKIP: ")
-            results.append(Result(backend=entry.spec, property="(load)", number=0,
-                                  status=SKIP if skipped else FAIL,
-                                  note=entry.note[6:] if skipped else "",
-                                  message="" if skipped else entry.note))
+            results.append(
+                Result(
+                    backend=entry.spec,
+                    property="(load)",
+                    number=0,
+                    status=SKIP if skipped else FAIL,
+                    note=entry.note[6:] if skipped else "",
+                    message="" if skipped else entry.note,
+                )
+            )
             if progress:
                 progress(f"[{entry.spec}] {entry.note}")
             continue
@@ -286,8 +296,10 @@ def run_suite(
             if progress:
                 extra = f" ({res.examples} examples)" if res.examples else ""
                 tail = f"  {res.note}" if res.note else ""
-                progress(f"[{res.backend}] {prop.number} {prop.name:<24} {res.status:<5} "
-                         f"{res.seconds:6.2f}s{extra}{tail}")
+                progress(
+                    f"[{res.backend}] {prop.number} {prop.name:<24} {res.status:<5} "
+                    f"{res.seconds:6.2f}s{extra}{tail}"
+                )
     return results
 
 
@@ -329,11 +341,14 @@ def format_table(results: Sequence[Result], entries: Sequence[BackendEntry]) -> 
         if r.reproduce:
             lines.append(f"    rerun: {r.reproduce}")
     n_fail = len([r for r in results if r.status in FAILING])
-    counts = {s: len([r for r in results if r.status == s])
-              for s in (PASS, FAIL, XFAIL, XPASS, SKIP)}
+    counts = {
+        s: len([r for r in results if r.status == s]) for s in (PASS, FAIL, XFAIL, XPASS, SKIP)
+    }
     lines.append("")
-    lines.append(", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
-                 + (" -> FAILED" if n_fail else " -> OK"))
+    lines.append(
+        ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
+        + (" -> FAILED" if n_fail else " -> OK")
+    )
     return "\n".join(lines)
 
 
@@ -359,8 +374,13 @@ def header(entries: Sequence[BackendEntry], cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def write_report(path: str | Path, entries: Sequence[BackendEntry], cfg: RunConfig,
-                 results: Sequence[Result], argv: Sequence[str] | None = None) -> None:
+def write_report(
+    path: str | Path,
+    entries: Sequence[BackendEntry],
+    cfg: RunConfig,
+    results: Sequence[Result],
+    argv: Sequence[str] | None = None,
+) -> None:
     """Write the JSON report (format in docs/conformance.md)."""
     report = header(entries, cfg)
     report["command"] = list(argv) if argv is not None else None

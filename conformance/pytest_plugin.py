@@ -23,32 +23,67 @@ _SESSION_PLUGIN = "haepo-conformance-session"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("haepo", "HAEPO conformance suite (haepo_conformance)")
-    group.addoption("--haepo-backend", action="append", default=[],
-                    metavar="NAME_OR_module:object",
-                    help="run the HAEPO conformance suite on this backend (repeatable)")
-    group.addoption("--haepo-all", action="store_true", default=False,
-                    help="run the HAEPO conformance suite on every installed backend")
-    group.addoption("--haepo-property", action="append", default=[], metavar="NAME",
-                    help="only these conformance properties (names or globs; repeatable)")
-    group.addoption("--haepo-max-examples", type=int, default=20,
-                    help="Hypothesis examples per conformance property (default 20)")
+    group.addoption(
+        "--haepo-backend",
+        action="append",
+        default=[],
+        metavar="NAME_OR_module:object",
+        help="run the HAEPO conformance suite on this backend (repeatable)",
+    )
+    group.addoption(
+        "--haepo-all",
+        action="store_true",
+        default=False,
+        help="run the HAEPO conformance suite on every installed backend",
+    )
+    group.addoption(
+        "--haepo-property",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only these conformance properties (names or globs; repeatable)",
+    )
+    group.addoption(
+        "--haepo-max-examples",
+        type=int,
+        default=20,
+        help="Hypothesis examples per conformance property (default 20)",
+    )
     group.addoption("--haepo-seed", type=int, default=None, help="Hypothesis seed")
-    group.addoption("--haepo-derandomize", action="store_true", default=False,
-                    help="derandomized Hypothesis examples")
-    group.addoption("--haepo-dtype", action="append", default=[],
-                    help="dtype(s) under test (default: the backend's)")
+    group.addoption(
+        "--haepo-derandomize",
+        action="store_true",
+        default=False,
+        help="derandomized Hypothesis examples",
+    )
+    group.addoption(
+        "--haepo-dtype",
+        action="append",
+        default=[],
+        help="dtype(s) under test (default: the backend's)",
+    )
     group.addoption("--haepo-device", default=None, help="device passed to the backends")
-    group.addoption("--haepo-xfail", default=None, metavar="FILE",
-                    help="expected failures: 'BACKEND PROPERTY [reason]' per line")
-    group.addoption("--haepo-vectors", default=None, metavar="DIR",
-                    help="golden vector directory (default: the packaged vectors)")
+    group.addoption(
+        "--haepo-xfail",
+        default=None,
+        metavar="FILE",
+        help="expected failures: 'BACKEND PROPERTY [reason]' per line",
+    )
+    group.addoption(
+        "--haepo-vectors",
+        default=None,
+        metavar="DIR",
+        help="golden vector directory (default: the packaged vectors)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not (config.getoption("haepo_backend") or config.getoption("haepo_all")):
         return
-    config.addinivalue_line("markers", "haepo_conformance: an item of the HAEPO conformance "
-                                       "suite (added by --haepo-backend)")
+    config.addinivalue_line(
+        "markers",
+        "haepo_conformance: an item of the HAEPO conformance suite (added by --haepo-backend)",
+    )
     config.pluginmanager.register(_Session(config), _SESSION_PLUGIN)
 
 
@@ -75,21 +110,27 @@ class ConformanceItem(pytest.Item):
         if result.status == XFAIL:
             pytest.xfail(f"{result.note}; {result.message.splitlines()[0]}")
         if result.status == XPASS:
-            raise ConformanceFailure(f"XPASS (strict): {result.note}, but the property passed: "
-                                     "remove it from the xfail file")
+            raise ConformanceFailure(
+                f"XPASS (strict): {result.note}, but the property passed: "
+                "remove it from the xfail file"
+            )
         if result.status == FAIL:
-            raise ConformanceFailure("\n".join(
-                s for s in (result.message, result.falsifying_example,
-                            f"rerun: {result.reproduce}") if s
-            ))
+            raise ConformanceFailure(
+                "\n".join(
+                    s
+                    for s in (
+                        result.message,
+                        result.falsifying_example,
+                        f"rerun: {result.reproduce}",
+                    )
+                    if s
+                )
+            )
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
         if isinstance(excinfo.value, ConformanceFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
-
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"haepo_conformance::{self.entry.spec}::{self.prop.name}"
 
 
 class _Session:
@@ -122,23 +163,31 @@ class _Session:
 
         head = header(self.entries, self.cfg)
         mode = "derandomized" if self.cfg.derandomize else f"seed {self.cfg.seed}"
-        lines = [f"haepo_conformance {head['haepo_conformance']}: {len(self.props)} properties, "
-                 f"max {self.cfg.max_examples} examples, {mode}"]
+        lines = [
+            f"haepo_conformance {head['haepo_conformance']}: {len(self.props)} properties, "
+            f"max {self.cfg.max_examples} examples, {mode}"
+        ]
         for info in head["backends"]:
             if info["loaded"]:
-                lines.append(f"  backend {info['name']}: {info['library']} "
-                             f"{info['library_version']}, dtypes {info['dtypes']}")
+                lines.append(
+                    f"  backend {info['name']}: {info['library']} "
+                    f"{info['library_version']}, dtypes {info['dtypes']}"
+                )
             else:
                 lines.append(f"  backend {info['spec']}: {info['note']}")
         return lines
 
-    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
-                                      items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         for entry in self.entries:
             props = self.props if entry.backend is not None else self.props[:1]
             for prop in props:
                 name = f"haepo_conformance::{entry.spec}::{prop.name}"
                 if entry.backend is None:
                     name = f"haepo_conformance::{entry.spec}::(load)"
-                items.append(ConformanceItem.from_parent(session, name=name, entry=entry,
-                                                         prop=prop, cfg=self.cfg))
+                items.append(
+                    ConformanceItem.from_parent(
+                        session, name=name, entry=entry, prop=prop, cfg=self.cfg
+                    )
+                )

@@ -82,7 +82,11 @@ def train(algo: str, steps: int, seed: int, workdir: Path, args_ns: argparse.Nam
         entropy_coef=args_ns.entropy_coef,
     )
     if algo == "haepo":
-        config = HAEPOConfig(**common)
+        config = HAEPOConfig(
+            **common,
+            haepo_temperature=args_ns.haepo_temperature,
+            length_normalize=not args_ns.no_length_normalize,
+        )
         trainer_cls = HAEPOTrainer
     else:
         config = GRPOConfig(**common)
@@ -260,6 +264,10 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=8, help="completions per prompt (group)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--entropy-coef", type=float, default=0.0)
+    p.add_argument("--haepo-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--no-length-normalize", action="store_true", help="HAEPO on raw sums of log-probs"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--png", default="runs/trl_toy_reward.png", help="reward-curve plot")

@@ -7,7 +7,14 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ._namespace import Array, compute_dtype, get_namespace, is_concrete, stop_gradient
+from ._namespace import (
+    Array,
+    compute_dtype,
+    get_namespace,
+    is_concrete,
+    stop_gradient,
+    values_readable,
+)
 from ._regularizers import _kl_steps, entropy_from_logits, kl_from_logits, log_softmax
 from ._returns import _normalize
 from ._segments import group_index, segment_sum
@@ -87,7 +94,7 @@ def _require_inputs(opts: _Options, has_entropy: bool, has_kl: bool) -> None:
 
 
 def _check_nonempty(xp: Any, counts: Array, what: str) -> None:
-    if not is_concrete(counts):
+    if not values_readable(counts):
         return
     empty = counts == 0
     if bool(xp.any(empty)):
@@ -401,7 +408,7 @@ def haepo_loss_packed(
         eps=eps,
     )
     _require_inputs(opts, entropy is not None, ref_logp is not None)
-    if is_concrete(segment_ids) and n > 0:
+    if values_readable(segment_ids) and n > 0:
         lo, hi = int(xp.min(segment_ids)), int(xp.max(segment_ids))
         if lo < 0 or hi >= m:
             raise ValueError(
@@ -523,7 +530,7 @@ def haepo_loss_from_logits(
     )
     _require_inputs(opts, True, ref_logits is not None or ref_logp is not None)
     _check_nonempty(xp, xp.sum(xp.astype(valid, xp.int32), axis=1), "mask")
-    if is_concrete(actions) and is_concrete(valid):
+    if values_readable(actions) and values_readable(valid):
         bad = xp.logical_and(valid, xp.logical_or(actions < 0, actions >= v))
         if bool(xp.any(bad)):
             raise ValueError(f"actions: expected values in 0..V-1 = 0..{v - 1} at valid steps")

@@ -19,6 +19,7 @@ __all__ = [
     "compute_dtype",
     "get_namespace",
     "is_concrete",
+    "values_readable",
     "library_name",
     "stop_gradient",
 ]
@@ -104,11 +105,8 @@ def is_concrete(x: Array) -> bool:
         if isinstance(x, jax.core.Tracer):
             # jax.grad / vjp outside jit still carry concrete primal values.
             to_concrete = getattr(x, "to_concrete_value", None)
-            if to_concrete is None or to_concrete() is None:
-                return False
-        # Under jax.jit every operation is staged out, even on a concrete (closed-over) array,
-        # so a check computed from ``x`` would be a tracer too: probe whether ops are staged.
-        return not isinstance(jax.numpy.zeros(()), jax.core.Tracer)
+            return to_concrete is not None and to_concrete() is not None
+        return True
     if array_api_compat.is_torch_array(x):
         torch = sys.modules["torch"]
         if torch.compiler.is_compiling():
@@ -124,4 +122,19 @@ def is_concrete(x: Array) -> bool:
         if getattr(x, "device", None) is not None and x.device.type == "meta":
             return False
         return True
+    return True
+
+
+def values_readable(x: Array) -> bool:
+    """Whether values *computed from* ``x`` (``bool(xp.any(...))``) can be read now.
+
+    Stricter than :func:`is_concrete`: under ``jax.jit`` every operation is staged out, even
+    on a concrete array closed over by the traced function, so a check computed from it is a
+    tracer and ``bool()`` of it would fail. Value checks use this and are skipped there.
+    """
+    if not is_concrete(x):
+        return False
+    if array_api_compat.is_jax_array(x):
+        jax = sys.modules["jax"]
+        return not isinstance(jax.numpy.zeros(()), jax.core.Tracer)
     return True

@@ -14,7 +14,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._namespace import Array, is_concrete
+from ._namespace import Array, values_readable
 
 __all__ = ["group_index", "segment_max", "segment_min", "segment_sum"]
 
@@ -104,7 +104,7 @@ def group_index(xp: Any, group_ids: Array | None, m: int, device: Any) -> tuple[
     """
     if group_ids is None:
         return xp.zeros(m, dtype=xp.int32, device=device), 1
-    if is_concrete(group_ids):
+    if values_readable(group_ids):
         _, inverse = xp.unique_inverse(group_ids)
         inverse = xp.astype(xp.reshape(inverse, (m,)), xp.int32)
         num = int(xp.max(inverse)) + 1 if m > 0 else 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from ._namespace import Array, is_concrete
+from ._namespace import Array, is_concrete, values_readable
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -86,7 +86,7 @@ def check_mask(xp: Any, name: str, mask: Array, shape: tuple[int, ...]) -> Array
         return mask
     if kind not in ("int", "float"):
         raise TypeError(f"{name}: expected a bool (or 0/1 numeric) dtype, got {mask.dtype}")
-    if is_concrete(mask):
+    if values_readable(mask):
         bad = xp.logical_and(mask != 0, mask != 1)
         if bool(xp.any(bad)):
             raise ValueError(f"{name}: a numeric mask must hold only 0 and 1, got other values")
@@ -95,7 +95,7 @@ def check_mask(xp: Any, name: str, mask: Array, shape: tuple[int, ...]) -> Array
 
 def check_finite(xp: Any, name: str, x: Array, valid: Array | None) -> None:
     """Raise if ``x`` holds NaN or inf where ``valid`` is True (everywhere if ``valid`` is None)."""
-    if not (is_concrete(x) and (valid is None or is_concrete(valid))):
+    if not (values_readable(x) and (valid is None or values_readable(valid))):
         return
     bad = ~xp.isfinite(x)
     if valid is not None:

@@ -107,8 +107,9 @@ def test_jax_loss_and_gradient_agree_with_torch_on_the_same_buffer():
             returns=tr_np.returns.astype(np.float32),
         )
     )
+    # jit: one XLA compile of the whole loss instead of one per primitive in eager mode.
     loss_fn = make_haepo_loss_fn(lambda p, o: o @ p, **kw)
-    (loss_j, stats_j), g_j = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss_j, stats_j), g_j = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         jnp.asarray(w), ReferenceParams(jnp.asarray(w_ref)).params, tr_j
     )
     np.testing.assert_allclose(float(loss_j), float(out_t.loss.detach()), rtol=1e-5, atol=1e-6)

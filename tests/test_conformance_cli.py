@@ -9,9 +9,9 @@ import sys
 from importlib import metadata
 
 import pytest
+from haepo_conformance.__main__ import main
 
 import haepo_core._backend as backend_module
-from haepo_conformance.__main__ import main
 
 FAST = ["--max-examples", "3", "--derandomize", "-q"]
 
@@ -27,8 +27,9 @@ def test_passing_run_exits_zero_and_prints_the_table(capsys):
 
 def test_failing_run_exits_nonzero_and_says_how_to_reproduce(capsys):
     spec = "haepo_conformance._mutants:entropy_sign"
-    code = main(["--backend", spec, "--property", "values", "--max-examples", "30", "--seed",
-                 "5", "-q"])
+    code = main(
+        ["--backend", spec, "--property", "values", "--max-examples", "30", "--seed", "5", "-q"]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "numpy+EntropySign / values: FAIL" in out
@@ -40,8 +41,19 @@ def test_failing_run_exits_nonzero_and_says_how_to_reproduce(capsys):
 
 def test_report_json_has_header_and_results(tmp_path):
     report = tmp_path / "out.json"
-    code = main(["--backend", "numpy", "--backend", "array_api_strict", "--property", "errors",
-                 "--report", str(report), *FAST])
+    code = main(
+        [
+            "--backend",
+            "numpy",
+            "--backend",
+            "array_api_strict",
+            "--property",
+            "errors",
+            "--report",
+            str(report),
+            *FAST,
+        ]
+    )
     data = json.loads(report.read_text())
     assert code == 0 and data["passed"] is True
     names = [b["name"] for b in data["backends"]]
@@ -51,26 +63,41 @@ def test_report_json_has_header_and_results(tmp_path):
         assert b["dtypes"] == ["float32", "float64"]
     assert data["settings"]["max_examples"] == 3 and data["settings"]["derandomize"] is True
     assert [(r["backend"], r["property"], r["status"]) for r in data["results"]] == [
-        ("numpy", "errors", "PASS"), ("array_api_strict", "errors", "PASS")]
+        ("numpy", "errors", "PASS"),
+        ("array_api_strict", "errors", "PASS"),
+    ]
     assert data["results"][0]["examples"] == 3
 
 
 def test_xfail_file_turns_a_known_failure_into_xfail_and_a_pass_into_strict_xpass(tmp_path):
     spec = "haepo_conformance._mutants:no_logsumexp"
     xfail = tmp_path / "known.txt"
-    xfail.write_text("# known problems\n*NoLogSumExp extremes   no max shift yet\n"
-                     "numpy+NoLogSumExp errors\n")
+    xfail.write_text(
+        "# known problems\n*NoLogSumExp extremes   no max shift yet\nnumpy+NoLogSumExp errors\n"
+    )
     report = tmp_path / "r.json"
-    code = main(["--backend", spec, "--property", "extremes", "--property", "errors",
-                 "--xfail", str(xfail), "--report", str(report), *FAST])
+    code = main(
+        [
+            "--backend",
+            spec,
+            "--property",
+            "extremes",
+            "--property",
+            "errors",
+            "--xfail",
+            str(xfail),
+            "--report",
+            str(report),
+            *FAST,
+        ]
+    )
     status = {r["property"]: r for r in json.loads(report.read_text())["results"]}
     assert status["extremes"]["status"] == "XFAIL"
     assert status["extremes"]["note"] == "xfail: no max shift yet"
     assert status["errors"]["status"] == "XPASS"  # listed, but passes: stale entry
     assert code == 1
     xfail.write_text("*NoLogSumExp extremes\n")
-    assert main(["--backend", spec, "--property", "extremes", "--xfail", str(xfail),
-                 *FAST]) == 0
+    assert main(["--backend", spec, "--property", "extremes", "--xfail", str(xfail), *FAST]) == 0
 
 
 def test_bad_xfail_line_and_unknown_property_are_usage_errors(tmp_path, capsys):
@@ -106,8 +133,11 @@ def test_all_skips_backends_that_are_not_installed(monkeypatch, capsys):
     def fake(**kw):
         eps = list(real(**kw))
         if kw.get("group") == backend_module.ENTRY_POINT_GROUP:
-            eps.append(metadata.EntryPoint("ghost", "haepo_ghost_framework_xyz:backend",
-                                           backend_module.ENTRY_POINT_GROUP))
+            eps.append(
+                metadata.EntryPoint(
+                    "ghost", "haepo_ghost_framework_xyz:backend", backend_module.ENTRY_POINT_GROUP
+                )
+            )
         return eps
 
     monkeypatch.setattr(backend_module.metadata, "entry_points", fake)
@@ -130,8 +160,7 @@ def test_discovery_imports_no_framework_the_run_does_not_use():
         "bad = [m for m in ('torch', 'jax', 'tensorflow') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -142,8 +171,17 @@ def test_list_prints_properties_and_backends(capsys):
 
 
 def test_same_seed_gives_the_same_falsifying_example(tmp_path):
-    args = ["--backend", "haepo_conformance._mutants:global_softmax", "--property",
-            "invariance.groups", "--max-examples", "10", "--seed", "123", "-q"]
+    args = [
+        "--backend",
+        "haepo_conformance._mutants:global_softmax",
+        "--property",
+        "invariance.groups",
+        "--max-examples",
+        "10",
+        "--seed",
+        "123",
+        "-q",
+    ]
     examples = []
     for i in range(2):
         report = tmp_path / f"r{i}.json"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import haepo_core
 from haepo_conformance import MUTANTS, PROPERTIES, RunConfig, run_property
 from haepo_conformance._reference import ConformanceError, Tolerance, assert_close
 from haepo_conformance._strategies import BigCase, Case
+
+import haepo_core
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_backend"
 
@@ -41,9 +41,14 @@ def test_assert_close_checks_shape_nonfinite_and_values():
 
 
 def test_case_repr_is_python_that_rebuilds_the_case():
-    case = Case(logp=np.array([[-0.5, np.nan]]), mask=np.array([[True, False]]),
-                returns=np.array([1.0]), group_ids=np.array([3]),
-                options={"temperature": 0.5}, dtype="float32")
+    case = Case(
+        logp=np.array([[-0.5, np.nan]]),
+        mask=np.array([[True, False]]),
+        returns=np.array([1.0]),
+        group_ids=np.array([3]),
+        options={"temperature": 0.5},
+        dtype="float32",
+    )
     again = eval(repr(case), {"np": np, "Case": Case})
     np.testing.assert_array_equal(again.logp, case.logp)
     np.testing.assert_array_equal(again.mask, case.mask)
@@ -73,12 +78,14 @@ def test_variants_property_passes_equal_variants_and_fails_a_broken_one():
     cfg = RunConfig(max_examples=15, derandomize=True, shrink=False)
     good = _WithVariants({"chunked": haepo_core.load_backend("numpy")})
     assert run_property(good, PROPERTIES["variants"], cfg).status == "PASS"
-    broken = _WithVariants({"chunked": haepo_core.load_backend("numpy"),
-                            "jit": MUTANTS["entropy_sign"]()})
+    broken = _WithVariants(
+        {"chunked": haepo_core.load_backend("numpy"), "jit": MUTANTS["entropy_sign"]()}
+    )
     res = run_property(broken, PROPERTIES["variants"], cfg)
     assert res.status == "FAIL" and "variant 'jit' vs eager" in res.message
-    assert run_property(haepo_core.load_backend("numpy"), PROPERTIES["variants"],
-                        cfg).status == "SKIP"
+    assert (
+        run_property(haepo_core.load_backend("numpy"), PROPERTIES["variants"], cfg).status == "SKIP"
+    )
 
 
 def test_unsupported_dtype_or_device_is_skipped_with_a_note():
@@ -95,11 +102,12 @@ def test_backend_protocol_and_discovery():
     for name in ("numpy", "array_api_strict"):
         b = haepo_core.load_backend(name)
         assert isinstance(b, haepo_core.Backend) and b.name == name
-    assert isinstance(haepo_core.load_backend("haepo_conformance._mutants:sample_std"),
-                      haepo_core.Backend)
+    assert isinstance(
+        haepo_core.load_backend("haepo_conformance._mutants:sample_std"), haepo_core.Backend
+    )
     with pytest.raises(ValueError, match="registered backend"):
         haepo_core.load_backend("no_such_backend")
-    with pytest.raises(TypeError, match="does not give a haepo_core.Backend"):
+    with pytest.raises(TypeError, match=r"does not give a haepo_core\.Backend"):
         haepo_core.load_backend("math:pi")
     with pytest.raises(TypeError, match="spec"):
         haepo_core.load_backend(3)
@@ -109,21 +117,37 @@ def test_array_api_backend_packed_value_and_grad_on_array_api_strict():
     """Regression: the packing order must stay a NumPy index (it was converted to an
     array-api-strict array, and len() failed)."""
     strict = haepo_core.load_backend("array_api_strict")
-    inputs = {"logp": np.array([-0.5, -1.0, -0.2, -0.3]), "segment_ids": np.array([1, 0, 1, 0]),
-              "returns": np.array([1.0, 0.0])}
+    inputs = {
+        "logp": np.array([-0.5, -1.0, -0.2, -0.3]),
+        "segment_ids": np.array([1, 0, 1, 0]),
+        "returns": np.array([1.0, 0.0]),
+    }
     loss, grads = strict.value_and_grad(inputs, packed=True)
     ref_loss, ref_grads = haepo_core.load_backend("numpy").value_and_grad(inputs, packed=True)
     assert loss == pytest.approx(ref_loss)
     np.testing.assert_allclose(grads["logp"], ref_grads["logp"])
-    assert grads["logp"].shape == (4,) and np.all(grads["logp"][[1, 3]] > 0)
+    # trajectory 1 (steps 0 and 2) has the lower return: its log-probs are pushed down
+    assert grads["logp"].shape == (4,) and np.all(grads["logp"][[0, 2]] > 0)
 
 
 def test_third_party_example_backend_passes_the_suite():
     pytest.importorskip("torch")
     proc = subprocess.run(
-        [sys.executable, "-m", "haepo_conformance", "--backend", "my_backend:backend",
-         "--max-examples", "5", "--derandomize", "-q"],
-        cwd=EXAMPLE, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "haepo_conformance",
+            "--backend",
+            "my_backend:backend",
+            "--max-examples",
+            "5",
+            "--derandomize",
+            "-q",
+        ],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "backend my_torch: torch 2." in proc.stdout

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-import haepo_core
 from haepo_conformance import PROPERTIES, RunConfig, load_vectors, run_property
 from haepo_conformance._vectors import VECTORS_DIR, decode_array, encode_array
+
+import haepo_core
 
 
 def _write_case(folder, name="tiny", loss_offset=0.0):
@@ -17,24 +17,36 @@ def _write_case(folder, name="tiny", loss_offset=0.0):
     mask = np.array([[True, True, False], [True, True, True]])
     returns = np.array([1.0, -1.0])
     entropy = np.array([[0.5, 0.7, np.inf], [0.1, 0.2, 0.3]])
-    opts = {"entropy_coef": 0.1, "kl_coef": 0.0, "kl_estimator": "k3",
-            "normalize_returns": "zscore", "temperature": 1.0, "length_normalize": False,
-            "eps": 1e-8}
+    opts = {
+        "entropy_coef": 0.1,
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "normalize_returns": "zscore",
+        "temperature": 1.0,
+        "length_normalize": False,
+        "eps": 1e-8,
+    }
     out, g = haepo_core.haepo_grad(logp, returns, mask, entropy=entropy, **opts)
     case = {
         "name": name,
         "description": "two trajectories, NaN/inf in padding",
         "function": "haepo_loss",
-        "inputs": {"logp": encode_array(logp), "returns": encode_array(returns),
-                   "mask": encode_array(mask), "entropy": encode_array(entropy)},
+        "inputs": {
+            "logp": encode_array(logp),
+            "returns": encode_array(returns),
+            "mask": encode_array(mask),
+            "entropy": encode_array(entropy),
+        },
         "options": opts,
         "expected": {
             "loss": float(out.loss) + loss_offset,
             "weights": out.weights.tolist(),
             "normalized_returns": out.normalized_returns.tolist(),
             "log_likelihood": out.log_likelihood.tolist(),
-            "stats": {k: float(out.stats[k]) for k in ("policy_loss", "entropy", "kl", "ess",
-                                                      "max_weight", "weighted_return")},
+            "stats": {
+                k: float(out.stats[k])
+                for k in ("policy_loss", "entropy", "kl", "ess", "max_weight", "weighted_return")
+            },
             "grad": {"logp": g["logp"].tolist(), "entropy": g["entropy"].tolist()},
         },
         "tolerance": {"rtol": 1e-10, "atol": 1e-12},
@@ -67,8 +79,19 @@ def test_loader_decodes_inputs_and_expected(tmp_path):
     [
         ("{not json", "not valid JSON"),
         (json.dumps({"name": "x"}), "expected a top-level key 'function'"),
-        (json.dumps({"name": "x", "function": "other", "inputs": {}, "options": {},
-                     "expected": {}, "tolerance": {}}), "function: expected"),
+        (
+            json.dumps(
+                {
+                    "name": "x",
+                    "function": "other",
+                    "inputs": {},
+                    "options": {},
+                    "expected": {},
+                    "tolerance": {},
+                }
+            ),
+            "function: expected",
+        ),
     ],
 )
 def test_loader_rejects_malformed_files_naming_them(tmp_path, text, match):
@@ -110,6 +133,7 @@ def test_golden_property_reproduces_good_and_rejects_wrong_vectors(tmp_path):
 
 
 def test_golden_property_skips_without_vectors(tmp_path):
-    res = run_property(haepo_core.load_backend("numpy"), PROPERTIES["golden"],
-                       RunConfig(vectors_dir=str(tmp_path)))
+    res = run_property(
+        haepo_core.load_backend("numpy"), PROPERTIES["golden"], RunConfig(vectors_dir=str(tmp_path))
+    )
     assert res.status == "SKIP" and "no golden vectors" in res.note

@@ -382,8 +382,8 @@ def test_closed_form_gradient_equals_float64_central_finite_differences(case):
 def test_returns_and_reference_are_constants_for_autodiff(xp):
     """R~ and the reference policy are stop-gradient constants: no gradient reaches them."""
     rng = np.random.default_rng(0)
-    logp, ref = -rng.random((4, 3)), -rng.random((4, 3))
-    returns = rng.normal(size=4)
+    logp, ref = -rng.random((M, T)), -rng.random((M, T))
+    returns = rng.normal(size=M)
     if xp.__name__.startswith("jax"):
         import jax
 

@@ -115,9 +115,7 @@ def _to_np(x) -> np.ndarray:
 # this 2-core machine), so the default run checks a representative subset on JAX and the rest
 # under the ``slow`` marker; NumPy, array-api-strict and torch check every vector by default.
 JAX_DEFAULT = {
-    "worked_example_two_groups",
     "nan_inf_padding",
-    "kl_k1",
     "entropy_and_kl_groups",
     "length_normalize_groups_temperature",
     "extreme_log_likelihood_1e6",

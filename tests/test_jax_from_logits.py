@@ -9,11 +9,11 @@ import pytest
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
-import haepo_core as hc  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
 from haepo_backends.jax import haepo_loss_from_hidden, haepo_loss_from_logits  # noqa: E402
 from haepo_backends.jax._fused import default_chunk_size  # noqa: E402
+
+import haepo_core as hc  # noqa: E402
 
 M, T, V, H = 6, 5, 11, 4
 

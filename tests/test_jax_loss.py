@@ -8,11 +8,11 @@ import pytest
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
-import haepo_core as hc  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from haepo_backends.jax import haepo_loss, haepo_loss_packed  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from haepo_backends.jax import haepo_loss, haepo_loss_packed  # noqa: E402
+import haepo_core as hc  # noqa: E402
 
 STAT_KEYS = (
     "policy_loss", "entropy", "kl", "ess", "ess_min", "max_weight", "weighted_return",
@@ -174,7 +174,7 @@ def test_vmap_over_independent_problems_equals_a_loop(num_groups):
         np.testing.assert_allclose(batched.loss[i], ref.loss, rtol=1e-10)
         np.testing.assert_allclose(batched.weights[i], ref.weights, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(batched.stats["num_groups"][i], 3.0)
-        g_ref = jax.grad(lambda x: one(x, returns[i], mask[i], gids[i]).loss)(logp[i])
+        g_ref = jax.grad(lambda x, i=i: one(x, returns[i], mask[i], gids[i]).loss)(logp[i])
         np.testing.assert_allclose(grads[i], g_ref, rtol=1e-10, atol=1e-14)
 
 

@@ -48,9 +48,8 @@ SCRIPT = textwrap.dedent(
     single = padded(logp, R, mask, gids, ent, ref)
     g_single = jax.grad(lambda *a: padded(*a).loss, argnums=(0, 4))(logp, R, mask, gids, ent,
                                                                    ref)
-    sm = jax.shard_map(lambda *a: padded(*a, axis_name="d"), mesh=mesh, in_specs=(P("d"),) * 6,
-                       out_specs=P())
-    sharded_loss = lambda *a: sm(*a).loss
+    sharded_loss = jax.shard_map(lambda *a: padded(*a, axis_name="d").loss, mesh=mesh,
+                                 in_specs=(P("d"),) * 6, out_specs=P())
     # 1. loss and stats (out_specs=P(): every device holds the global value)
     sm_stats = jax.shard_map(lambda *a: padded(*a, axis_name="d").stats, mesh=mesh,
                              in_specs=(P("d"),) * 6, out_specs=P())
@@ -71,14 +70,10 @@ SCRIPT = textwrap.dedent(
         in_specs=(P("d"),) * 6, out_specs=P("d"))
     close(inner(logp, R, mask, gids, ent, ref), g_single[0], "grad logp (inner)")
 
-    # 4. packed: each trajectory's steps on the device that holds its return
-    n_per = 4 * T  # 4 trajectories per device, T steps each (some padded-out steps dropped)
-    seg_local = np.repeat(np.arange(4), T)
-    valid_np = np.asarray(mask).reshape(-1)
-    lp_flat = jnp.asarray(np.where(valid_np, np.asarray(logp).reshape(-1), 0.0))
-    seg = jnp.asarray(np.tile(seg_local, 4).astype(np.int32))
-    # drop padding by giving those steps zero log-prob is not the same objective; instead use
-    # an all-valid mask for the packed comparison.
+    # 4. packed: each trajectory's steps on the device that holds its return (4 trajectories
+    #    of T steps per device; segment ids are local to the device), compared with the
+    #    single-device padded loss on an all-valid mask.
+    seg = jnp.asarray(np.tile(np.repeat(np.arange(4), T), 4).astype(np.int32))
     full = jnp.ones_like(mask)
     single_p = padded(logp, R, full, gids, ent, ref)
     lp_all = logp.reshape(-1)

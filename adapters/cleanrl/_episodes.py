@@ -91,13 +91,20 @@ class Trajectories(NamedTuple):
             )
         m, t = self.mask.shape
         dev = array_api_compat.device(x)
-        idx = xp.asarray(np.asarray(self.index).reshape(-1), device=dev)
-        mask = xp.asarray(np.asarray(self.mask), device=dev)
+        idx = xp.reshape(_to(xp, self.index, dev), (-1,))
+        mask = _to(xp, self.mask, dev)
         if self.num_steps == 0:
             return xp.full((m, t, *x.shape[1:]), fill, dtype=x.dtype, device=dev)
         out = xp.reshape(xp.take(x, idx, axis=0), (m, t, *x.shape[1:]))
         mask = xp.reshape(mask, (m, t) + (1,) * (x.ndim - 1))
         return xp.where(mask, out, xp.asarray(fill, dtype=x.dtype, device=dev))
+
+
+def _to(xp: Any, a: Any, dev: Any) -> Any:
+    """``a`` in namespace ``xp`` on ``dev`` (no host round trip when it already is)."""
+    if array_api_compat.array_namespace(a) is xp:
+        return a if array_api_compat.device(a) == dev else xp.asarray(a, device=dev)
+    return xp.asarray(np.asarray(a), device=dev)
 
 
 def _as_numpy(name: str, x: Any) -> np.ndarray:

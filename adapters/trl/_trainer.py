@@ -202,12 +202,15 @@ class HAEPOTrainer(GRPOTrainer):
         else:
             accum, reg_scale = 1, 1.0
 
+        # The core computes in float32 but casts its outputs back to the input dtype; under
+        # bf16 training the scalar loss would then keep ~3 significant digits. Upcasting the
+        # [B, T] log-probs first (cheap next to the forward pass) keeps the loss in float32.
         out = haepo_step_loss(
-            per_token_logps,
+            per_token_logps.float(),
             valid,
             inputs["haepo_rewards"],
             inputs["haepo_group_ids"],
-            entropies=entropies if args.entropy_coef > 0 else None,
+            entropies=entropies.float() if args.entropy_coef > 0 else None,
             ref_per_token_logps=ref,
             entropy_coef=args.entropy_coef * reg_scale,
             kl_coef=args.kl_coef * reg_scale,

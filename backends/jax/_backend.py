@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from haepo_core import HAEPOOutput
 
 from ._fused import haepo_loss_from_logits
@@ -153,7 +154,9 @@ def _sharded(packed: bool, kwargs: dict[str, Any], diff_keys: list[str], rest_ke
         # Rows sharded over a one-device axis: the loss goes through psum/pmax.
         inner = partial(_local, packed=packed, kwargs=kwargs)
         sm = jax.shard_map(
-            inner, mesh=mesh, in_specs=({k: P("batch") for k in diff_keys}, {k: P("batch") for k in rest_keys}),
+            inner,
+            mesh=mesh,
+            in_specs=({k: P("batch") for k in diff_keys}, {k: P("batch") for k in rest_keys}),
             out_specs=P(),
         )
         return sm(d, rest)

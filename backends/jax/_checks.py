@@ -18,6 +18,7 @@ import array_api_compat.numpy as np_xp
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from haepo_core._namespace import is_concrete
 from haepo_core._validation import check_finite
 
@@ -102,9 +103,12 @@ def ids_in_range(name: str, ids: jax.Array, hi: int, valid: jax.Array | None,
         if valid is not None:
             bad_np = bad_np & to_numpy(valid)
         if bool(bad_np.any()):
+            if valid is not None:  # the core's wording for actions at valid steps
+                raise ValueError(f"{name}: expected values in 0..{what} = 0..{hi - 1} at valid "
+                                 "steps")
             raise ValueError(
-                f"{name}: expected values in 0..{what} = 0..{hi - 1}, got "
-                f"{int(bad_np.sum())} values outside"
+                f"{name}: expected values in 0..{what} = 0..{hi - 1}, got values in "
+                f"{int(ids_np.min())}..{int(ids_np.max())}"
             )
         return
     if traced_checks:

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
 from haepo_core import HAEPOOutput
 from haepo_core._loss import _require_inputs
 from haepo_core._namespace import compute_dtype
@@ -23,10 +25,9 @@ from haepo_core._validation import (
     check_returns,
     check_shape,
 )
-from jax import lax
 
 from ._checks import check_bool, check_chunk_size, finite, ids_in_range, nonempty
-from ._collectives import AxisName
+from ._collectives import AxisName, vary
 from ._groups import dense_group_ids
 from ._loss import _require_jax, _sanitize, make_options, valid_mask
 from ._objective import objective
@@ -199,7 +200,8 @@ def haepo_loss_from_logits(
     cdt = compute_dtype(jnp, logits.dtype)
     ref2 = None if ref_logits is None else lax.stop_gradient(ref_logits).reshape(m * t, v)
     lp, ent, kl = token_stats_from_logits(
-        logits.reshape(m * t, v), actions.reshape(m * t), valid.reshape(m * t), ref2, chunk
+        vary(logits, axis_name).reshape(m * t, v), actions.reshape(m * t), valid.reshape(m * t),
+        ref2, chunk,
     )
     return _finish(
         lp, ent, None if ref_logits is None else kl, valid=valid, ref_logp=ref_logp,
@@ -339,9 +341,12 @@ def haepo_loss_from_hidden(
         refs = lax.stop_gradient(
             (ref_hidden.reshape(m * t, h), rw, rb)
         )
+    # Under a named axis the head is usually replicated: cast it to varying so autodiff sums
+    # its per-device partial gradients (see _collectives.vary).
+    params = (vary(hidden, axis_name).reshape(m * t, h), vary(weight, axis_name),
+              vary(bias, axis_name))
     lp, ent, kl = token_stats_from_hidden(
-        (hidden.reshape(m * t, h), weight, bias), actions.reshape(m * t), valid.reshape(m * t),
-        refs, chunk,
+        params, actions.reshape(m * t), valid.reshape(m * t), refs, chunk
     )
     return _finish(
         lp, ent, None if ref_hidden is None else kl, valid=valid, ref_logp=ref_logp,

@@ -20,6 +20,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from haepo_core._namespace import is_concrete
 from haepo_core._validation import check_ids
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
 from haepo_core import HAEPOOutput
 from haepo_core._loss import _options, _require_inputs
 from haepo_core._namespace import compute_dtype, get_namespace
@@ -18,7 +20,6 @@ from haepo_core._validation import (
     check_returns,
     check_shape,
 )
-from jax import lax
 
 from ._checks import (
     check_bool,

@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from haepo_core import HAEPOOutput
 from jax import lax
+
+from haepo_core import HAEPOOutput
 
 from ._collectives import AxisName, pmax, pmin, psum
 from ._policy import plackett_luce_term

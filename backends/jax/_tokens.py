@@ -90,6 +90,22 @@ def _start(i: jax.Array, n: int, c: int) -> jax.Array:
     return jnp.minimum(i * c, n - c)
 
 
+def _zero_from(cdt: Any, *arrays: Any) -> jax.Array:
+    """A 0-d zero that *depends on* ``arrays``, to seed the loop buffers.
+
+    Under ``shard_map`` (``check_vma``) a loop carry must keep one type: a buffer made by
+    ``jnp.zeros`` is device-invariant, but the rows added to it vary over the mapped axis when
+    any input does. Adding this zero (computed from one element of each input, through
+    ``isnan`` so padding garbage cannot leak in) gives the buffer the inputs' variance. Outside
+    ``shard_map`` it is a no-op scalar.
+    """
+    z = jnp.zeros((), cdt)
+    for a in jax.tree_util.tree_leaves(arrays):
+        if a.size:
+            z = z + jnp.isnan(a.reshape(-1)[0]).astype(cdt) * 0
+    return z
+
+
 # ---------------------------------------------------------------------------------------------
 # From logits [N, V]
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +121,9 @@ def _logits_chunk(logits, actions, valid, ref, start, c, cdt):
     return z, a, zr, v
 
 
-def _stats_forward(chunk_fn, n, chunk, has_ref, cdt):
+def _stats_forward(chunk_fn, n, chunk, has_ref, cdt, inputs):
     c, n_chunks = _chunks(n, chunk)
-    zeros = jnp.zeros((n,), cdt)
+    zeros = jnp.zeros((n,), cdt) + _zero_from(cdt, inputs)
 
     def body(i, carry):
         lp, en, kl = carry
@@ -145,7 +161,7 @@ def _cdt(dtype: Any) -> Any:
 def _logits_fwd(logits, actions, valid, ref, chunk):
     n, cdt = logits.shape[0], _cdt(logits.dtype)
     fn = lambda start, c: _logits_chunk(logits, actions, valid, ref, start, c, cdt)
-    out = _stats_forward(fn, n, chunk, ref is not None, cdt)
+    out = _stats_forward(fn, n, chunk, ref is not None, cdt, (logits, actions, valid, ref))
     return out, (logits, actions, valid, ref)
 
 
@@ -164,6 +180,7 @@ def _logits_bwd(chunk, res, cts):
         return _add_rows(d, start, dz.astype(d.dtype))
 
     d = jnp.zeros(logits.shape, logits.dtype)
+    d = d + _zero_from(cdt, res, cts).astype(d.dtype)
     if n > 0:
         d = lax.fori_loop(0, n_chunks, body, d)
     return d, None, None, None
@@ -218,8 +235,9 @@ def _hidden_fwd(params, actions, valid, refs, chunk):
     hidden = params[0]
     n, cdt = hidden.shape[0], _cdt(hidden.dtype)
     fn = lambda start, c: _hidden_chunk(params, actions, valid, refs, start, c, cdt)[:4]
-    out = _stats_forward(fn, n, chunk, refs is not None, cdt)
-    return out, (params, actions, valid, refs)
+    inputs = (params, actions, valid, refs)
+    out = _stats_forward(fn, n, chunk, refs is not None, cdt, inputs)
+    return out, inputs
 
 
 def _hidden_bwd(chunk, res, cts):
@@ -245,9 +263,10 @@ def _hidden_bwd(chunk, res, cts):
             db = db + jnp.sum(dz, axis=0)
         return dh, dw, db
 
-    dh = jnp.zeros(hidden.shape, cdt)
-    dw = jnp.zeros(weight.shape, cdt)
-    db = None if bias is None else jnp.zeros(bias.shape, cdt)
+    z0 = _zero_from(cdt, res, cts)
+    dh = jnp.zeros(hidden.shape, cdt) + z0
+    dw = jnp.zeros(weight.shape, cdt) + z0
+    db = None if bias is None else jnp.zeros(bias.shape, cdt) + z0
     if n > 0:
         dh, dw, db = lax.fori_loop(0, n_chunks, body, (dh, dw, db))
     grads = (

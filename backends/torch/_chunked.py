@@ -16,7 +16,7 @@ from haepo_core import HAEPOOutput
 
 from . import _validate as V
 from ._loss import group_index
-from ._objective import Options, compute_dtype, kl_steps, objective
+from ._objective import Options, compute_dtype, kl_estimate_sum, objective
 from ._vocab import default_chunk_size, fused_linear_stats, logits_stats
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
@@ -100,7 +100,7 @@ def _finish(
         kl_sum = (kl_r.detach() if _is_zero(opts.kl_coef) else kl_r).sum()
     elif ref_logp is not None:
         ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
-        kl_sum = kl_steps(logp_r, ref_r, opts.kl_estimator).sum()
+        kl_sum = kl_estimate_sum(logp_r, ref_r, opts.kl_estimator)
     n_k = valid.sum(dim=1).to(cdt)
     index, num = group_index(group_ids, m, dev, process_group)
     return objective(

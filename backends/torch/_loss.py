@@ -10,7 +10,7 @@ from haepo_core import HAEPOOutput
 
 from . import _validate as V
 from ._distributed import global_group_index
-from ._objective import compute_dtype, kl_steps, objective
+from ._objective import compute_dtype, kl_estimate_sum, objective
 from ._segments import dense_group_index
 
 __all__ = ["haepo_loss", "haepo_loss_packed", "group_index"]
@@ -34,24 +34,23 @@ def _sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.T
 def _step_counts(seg: torch.Tensor, m: int, cdt: torch.dtype) -> torch.Tensor:
     """Steps per trajectory ``[M]``, checking ``0 <= segment_ids < M`` on the way.
 
-    Eagerly one ``bincount`` does both (an id >= M lengthens its output, a negative id makes it
-    fail) instead of separate min, max and count passes; while compiling, a static-shape
-    ``index_add`` (bincount's output size is data dependent) and no check.
+    One ``index_add`` does both: torch itself rejects an index outside ``0..M-1`` (CPU and
+    CUDA), and only then do we pay for the min/max passes that word the error. (``bincount``
+    would spend two hidden min/max passes on every call, and its output size is data
+    dependent, which breaks ``torch.compile``.)
     """
-    if not V.is_concrete(seg):
-        ones = torch.ones(seg.shape[0], dtype=cdt, device=seg.device)
-        return torch.zeros(m, dtype=cdt, device=seg.device).index_add(0, seg, ones)
+    ones = torch.ones(seg.shape[0], dtype=cdt, device=seg.device)
     try:
-        counts = torch.bincount(seg, minlength=m)
-        ok = counts.shape[0] == m
-    except RuntimeError:  # negative ids
-        ok = False
-    if not ok:
+        return torch.zeros(m, dtype=cdt, device=seg.device).index_add(0, seg, ones)
+    except (RuntimeError, IndexError):
+        if not V.is_concrete(seg) or seg.shape[0] == 0:
+            raise
         lo, hi = int(seg.min()), int(seg.max())
+        if lo >= 0 and hi < m:
+            raise
         raise ValueError(
             f"segment_ids: expected values in 0..M-1 = 0..{m - 1}, got values in {lo}..{hi}"
-        )
-    return counts.to(cdt)
+        ) from None
 
 
 def haepo_loss(
@@ -158,7 +157,7 @@ def haepo_loss(
     kl_sum = None
     if ref_logp is not None:
         ref = _sanitize(ref_logp.detach(), valid, cdt)
-        kl_sum = kl_steps(x, ref, opts.kl_estimator).sum()  # 0 at padding: there x = ref = 0
+        kl_sum = kl_estimate_sum(x, ref, opts.kl_estimator)  # 0 at padding: there x = ref = 0
     L = x.sum(dim=1)
     ent_sum = None if entropy is None else _sanitize(entropy, valid, cdt).sum()
     V.check_finite_deferred(
@@ -266,7 +265,7 @@ def haepo_loss_packed(
     x = logp.to(cdt)
     kl_sum = None
     if ref_logp is not None:
-        kl_sum = kl_steps(x, ref_logp.detach().to(cdt), opts.kl_estimator).sum()
+        kl_sum = kl_estimate_sum(x, ref_logp.detach().to(cdt), opts.kl_estimator)
     L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, seg, x)
     ent_sum = None if entropy is None else entropy.to(cdt).sum()
     V.check_finite_deferred(

@@ -88,8 +88,9 @@ class MyTorchBackend:
                 call.pop("logp"), call.pop("segment_ids"), call.pop("returns"), **call, **kw
             )
         else:
-            out = self.haepo_loss(call.pop("logp"), call.pop("returns"), call.pop("mask", None),
-                                  **call, **kw)
+            out = self.haepo_loss(
+                call.pop("logp"), call.pop("returns"), call.pop("mask", None), **call, **kw
+            )
         grads = torch.autograd.grad(out.loss, [args[k] for k in wrt], allow_unused=True)
         result = {
             k: self.to_numpy(torch.zeros_like(args[k]) if g is None else g)
