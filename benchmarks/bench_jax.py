@@ -69,7 +69,8 @@ def _timed(compiled, args: tuple, reps: int) -> tuple[float, float, object]:
 # --------------------------------------------------------------------------------------------
 
 
-def _hidden_worker(variant: str, m: int, t: int, v: int, h: int, chunk: int, reps: int) -> dict:
+def _hidden_problem(variant: str, m: int, t: int, v: int, h: int, chunk: int):
+    """``(loss_fn(hidden, weight), hidden, weight)`` for one variant of the from-hidden case."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,6 +117,13 @@ def _hidden_worker(variant: str, m: int, t: int, v: int, h: int, chunk: int, rep
                 num_groups=num_groups, chunk_size=chunk, **coefs,
             ).loss
 
+    return loss_fn, hidden, weight
+
+
+def _hidden_worker(variant: str, m: int, t: int, v: int, h: int, chunk: int, reps: int) -> dict:
+    import jax
+
+    loss_fn, hidden, weight = _hidden_problem(variant, m, t, v, h, chunk)
     # Compile ahead of time, so compile time and compiler memory stay out of the steady state.
     t0 = time.perf_counter()
     step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(hidden, weight).compile()
@@ -131,6 +139,28 @@ def _hidden_worker(variant: str, m: int, t: int, v: int, h: int, chunk: int, rep
         "dhidden_mb": m * t * h * 4 / 2**20,
         "loss": float(out[0]),
     }
+
+
+def _interleaved_worker(m: int, t: int, v: int, h: int, chunk: int, reps: int) -> dict:
+    """Naive and fused timed alternately in one process: on a shared machine the load drifts,
+    and alternating the two makes their ratio robust to it (memory is measured apart)."""
+    import jax
+
+    steps = {}
+    for variant in ("naive", "fused"):
+        loss_fn, hidden, weight = _hidden_problem(variant, m, t, v, h, chunk)
+        steps[variant] = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(
+            hidden, weight).compile()
+        jax.block_until_ready(steps[variant](hidden, weight))
+    times: dict[str, list[float]] = {"naive": [], "fused": []}
+    for _ in range(reps):
+        for variant, step in steps.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(hidden, weight))
+            times[variant].append(time.perf_counter() - t0)
+    ratios = [f / n for f, n in zip(times["fused"], times["naive"])]
+    return {"naive_s": times["naive"], "fused_s": times["fused"],
+            "ratio_median": statistics.median(ratios)}
 
 
 def _policy_worker(m: int, t: int, group: int, reps: int) -> dict:
@@ -215,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "hidden":
             variant, m, t, v, h, chunk, reps = rest
             out = _hidden_worker(variant, int(m), int(t), int(v), int(h), int(chunk), int(reps))
+        elif kind == "interleaved":
+            m, t, v, h, chunk, reps = map(int, rest)
+            out = _interleaved_worker(m, t, v, h, chunk, reps)
         else:
             m, t, g, reps = map(int, rest)
             out = _policy_worker(m, t, g, reps)
@@ -232,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("hidden", "naive", m, t), ("hidden", "fused", m, t)]
     jobs += [("hidden", "fused", m, tt) for tt in t_list if tt != t]
     results = []
-    for kind, variant, mm, tt in tqdm([*jobs, ("policy", "", pm, pt)], desc="bench_jax"):
+    all_jobs = [*jobs, ("interleaved", "", m, t), ("policy", "", pm, pt)]
+    for kind, variant, mm, tt in tqdm(all_jobs, desc="bench_jax"):
         if kind == "hidden":
             # The memory-vs-T runs need one timed repeat only (their peak is what matters).
             n_rep = reps if tt == t else 1
@@ -240,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                 _run_worker(["hidden", variant, str(mm), str(tt), str(v), str(h),
                              str(args.chunk), str(n_rep)])
             )
+        elif kind == "interleaved":
+            inter = _run_worker(["interleaved", str(mm), str(tt), str(v), str(h),
+                                 str(args.chunk), str(reps)])
         else:
             policy = _run_worker(["policy", str(pm), str(pt), "8", str(max(reps, 5))])
 
@@ -254,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['peak_extra_mb']:.0f} | {r['steady_s'] / naive['steady_s']:.2f} | "
               f"{r['peak_extra_mb'] / naive['peak_extra_mb']:.3f} |")
     print(f"loss naive {naive['loss']:.6f} vs fused {fused['loss']:.6f}")
-    tm = fused["steady_s"] / naive["steady_s"] <= 1.3
+    print(f"interleaved in one process ({reps} alternating pairs): naive "
+          f"{statistics.median(inter['naive_s']):.3f} s, fused "
+          f"{statistics.median(inter['fused_s']):.3f} s, median ratio "
+          f"{inter['ratio_median']:.2f}")
+    tm = inter["ratio_median"] <= 1.3
     mm_ = fused["peak_extra_mb"] / naive["peak_extra_mb"] <= 0.2
     print(f"targets: memory <= 0.2x naive: {'met' if mm_ else 'NOT met'}; "
-          f"time <= 1.3x naive: {'met' if tm else 'NOT met'}")
+          f"time <= 1.3x naive (interleaved ratio): {'met' if tm else 'NOT met'}")
 
     flat = sorted([r for r in results if r["variant"] == "fused"], key=lambda r: r["T"])
     print(f"\nMemory vs T at chunk={args.chunk} (fused; d hidden = M*T*H*4 bytes grows with T)")

@@ -252,6 +252,50 @@ def plot(records: list[dict[str, object]], budget: int, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_diagnostics(records: list[dict[str, object]], budget: int, path: Path) -> None:
+    """HAEPO's ESS / #episodes, max weight and entropy over training, CartPole variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = {
+        "cartpole/haepo": ("C0", "length-normalized (default)"),
+        "cartpole/haepo-no-lennorm-tau1": ("C2", "no length norm, tau=1"),
+        "cartpole/haepo-no-lennorm-tau50": ("C3", "no length norm, tau=50"),
+    }
+    panels = [("ess_frac", "ESS / #episodes"), ("max_weight", "max weight"), ("entropy", "entropy")]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), dpi=80)
+    edges = np.linspace(0, budget, 11)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    for v, (color, label) in variants.items():
+        recs = [r for r in records if r["variant"] == v]
+        if not recs:
+            continue
+        for ax, (key, title) in zip(axes, panels):
+            per_seed = []
+            for r in recs:
+                ups = [u for u in r["updates"] if "ess" in u]
+                st = np.array([u["global_step"] for u in ups])
+                if key == "ess_frac":
+                    val = np.array([u["ess"] / max(u["episodes"], 1) for u in ups])
+                else:
+                    val = np.array([u[key] for u in ups])
+                b = np.digitize(st, edges[1:-1])
+                per_seed.append(
+                    [np.median(val[b == i]) if (b == i).any() else np.nan for i in range(len(mid))]
+                )
+            ax.plot(mid, np.nanmedian(np.array(per_seed), 0), "o-", ms=3, color=color, label=label)
+            ax.set_title(title)
+            ax.set_xlabel("env steps")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("HAEPO diagnostics on CartPole-v1 (median over seeds, per 10k-step bin)", size=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def load_records(out: Path, budget: int) -> list[dict[str, object]]:
     recs = []
     for p in sorted(out.glob(f"*__{budget}.json")):
@@ -321,7 +365,10 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.markdown).write_text(text + "\n")
     if records:
         plot(records, args.budget, Path(args.plot))
-        print(f"plot: {args.plot}")
+        diag_path = Path(args.plot).with_name(Path(args.plot).stem + "_diagnostics.png")
+        if any("haepo" in r["variant"] for r in records):
+            plot_diagnostics(records, args.budget, diag_path)
+        print(f"plots: {args.plot}, {diag_path}")
 
 
 if __name__ == "__main__":

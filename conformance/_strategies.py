@@ -34,6 +34,10 @@ __all__ = [
     "padding_fills",
     "returns_arrays",
     "temperatures",
+    "with_choice",
+    "with_group_shifts",
+    "with_permutation",
+    "with_seed",
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")

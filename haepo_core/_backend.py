@@ -45,6 +45,8 @@ class Backend(Protocol):
       devices: device names it supports, e.g. ``("cpu",)`` or ``("cpu", "cuda")``.
       supports_packed: whether :meth:`haepo_loss_packed` is implemented.
       differentiable: inputs :meth:`value_and_grad` can differentiate, at least ``("logp",)``.
+      version (optional, not part of the runtime check): a version string the conformance
+        report shows; without it the report shows the version of the library behind ``xp``.
 
     Methods:
       asarray(x, dtype=None, device=None): NumPy -> backend array. Float arrays take ``dtype``

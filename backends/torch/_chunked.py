@@ -8,6 +8,7 @@ hand the per-trajectory sums to the shared objective (closed-form policy backwar
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,9 +16,10 @@ import torch
 from haepo_core import HAEPOOutput
 
 from . import _validate as V
+from ._fused_linear import attach_gradients, fused_linear_values, grad_walk, policy_logp
 from ._loss import group_index
 from ._objective import Options, compute_dtype, kl_estimate_sum, objective
-from ._vocab import default_chunk_size, fused_linear_stats, logits_stats
+from ._vocab import default_chunk_size, logits_stats
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
 
@@ -74,31 +76,39 @@ def _common_checks(
     return valid, opts
 
 
+def _sums(
+    ent_r: torch.Tensor, kl_r: torch.Tensor, exact_kl: bool, opts: Options
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Entropy and exact-KL sums over the valid steps. A coefficient that is exactly 0 needs no
+    gradient through its term: detaching it spares the backward one [chunk, V] pass per chunk
+    (the value still reaches the stats)."""
+    ent_sum = (ent_r.detach() if _is_zero(opts.entropy_coef) else ent_r).sum()
+    kl_sum = None
+    if exact_kl:
+        kl_sum = (kl_r.detach() if _is_zero(opts.kl_coef) else kl_r).sum()
+    return ent_sum, kl_sum
+
+
 def _finish(
     logp_r: torch.Tensor,
-    ent_r: torch.Tensor,
-    kl_r: torch.Tensor,
+    ent_sum: torch.Tensor,
+    kl_sum: torch.Tensor | None,
     rows: torch.Tensor,
     valid: torch.Tensor,
     returns: torch.Tensor,
     group_ids: torch.Tensor | None,
     ref_logp: torch.Tensor | None,
-    exact_kl: bool,
     opts: Options,
     out_dtype: torch.dtype,
     process_group: Any,
 ) -> HAEPOOutput:
+    """The objective on the per-step log-probs ``logp_r`` of the valid ``rows``, the entropy
+    sum and the exact-KL sum (``None``: the ``ref_logp`` estimator, or no KL)."""
     m, t = valid.shape
     cdt = logp_r.dtype
     dev = logp_r.device
     traj = torch.div(rows, t, rounding_mode="floor")
-    # A coefficient that is exactly 0 needs no gradient through its term: detaching it spares
-    # the backward one [chunk, V] pass per chunk (the value still reaches the stats).
-    ent_sum = (ent_r.detach() if _is_zero(opts.entropy_coef) else ent_r).sum()
-    kl_sum = None
-    if exact_kl:
-        kl_sum = (kl_r.detach() if _is_zero(opts.kl_coef) else kl_r).sum()
-    elif ref_logp is not None:
+    if kl_sum is None and ref_logp is not None:
         ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
         kl_sum = kl_estimate_sum(logp_r, ref_r, opts.kl_estimator)
     n_k = valid.sum(dim=1).to(cdt)
@@ -232,16 +242,16 @@ def haepo_loss_from_logits(
         cdt,
         finite,
     )
+    ent_sum, kl_sum = _sums(ent_r, kl_r, ref_logits is not None, opts)
     return _finish(
         logp_r,
-        ent_r,
-        kl_r,
+        ent_sum,
+        kl_sum,
         rows,
         valid,
         returns,
         group_ids,
         ref_logp,
-        ref_logits is not None,
         opts,
         logits.dtype,
         process_group,
@@ -376,29 +386,79 @@ def haepo_loss_from_hidden(
 
     cdt = compute_dtype(hidden.dtype)
     rows, walk, acts = _valid_rows(valid, actions)
-    logp_r, ent_r, kl_r = fused_linear_stats(
-        hidden.reshape(m * t, h),
-        weight,
-        bias,
-        None if ref_hidden is None else ref_hidden.reshape(m * t, h),
-        ref_weight,
-        ref_bias,
-        walk,
-        acts,
-        chunk,
-        cdt,
+    hidden2d = hidden.reshape(m * t, h)
+    ref = None
+    if ref_hidden is not None:
+        det = lambda x: None if x is None else x.detach()
+        ref = (ref_hidden.detach().reshape(m * t, h), ref_weight.detach(), det(ref_bias))
+    need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+    finish = lambda lp, es, ks: _finish(
+        lp, es, ks, rows, valid, returns, group_ids, ref_logp, opts, hidden.dtype, process_group
     )
-    return _finish(
-        logp_r,
-        ent_r,
-        kl_r,
-        rows,
-        valid,
-        returns,
-        group_ids,
-        ref_logp,
-        ref_hidden is not None,
-        opts,
-        hidden.dtype,
+    if not (torch.is_grad_enabled() and any(need)):
+        # No gradient wanted: one walk, each chunk projected once per head (2 GEMMs).
+        logp_r, ent_r, kl_r = fused_linear_values(
+            hidden2d, weight, bias, ref, walk, acts, chunk, cdt
+        )
+        return finish(logp_r, *_sums(ent_r, kl_r, ref is not None, opts))
+    return _from_hidden_two_pass(
+        hidden, hidden2d, weight, bias, ref, walk, acts, chunk, cdt, need, opts, finish,
         process_group,
-    )
+    )  # fmt: skip
+
+
+def _from_hidden_two_pass(
+    hidden: torch.Tensor,
+    hidden2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    walk: torch.Tensor | None,
+    acts: torch.Tensor,
+    chunk: int,
+    cdt: torch.dtype,
+    need: tuple[bool, bool, bool],
+    opts: Options,
+    finish: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], HAEPOOutput],
+    process_group: Any,
+) -> HAEPOOutput:
+    """Five GEMMs instead of six: all gradient work happens in the forward (see
+    ``_fused_linear.py`` for why and how); ``loss.backward()`` only scales the stored
+    gradients. ``weights`` and ``log_likelihood`` stay differentiable through the pass-1
+    log-probs (their backward re-projects, and runs only if they are differentiated)."""
+    # Pass 1: policy log-sum-exp and taken-action log-probs (1 GEMM).
+    logp_r, lse = policy_logp(hidden2d, weight, bias, walk, acts, chunk, cdt)
+    # The objective's gradient for an upstream 1.0: per step for the log-probs (policy term
+    # and any KL estimator), and one scalar each for the entropy and exact-KL sums (the loss
+    # is linear in them, so zeros stand in for their values). Cross-rank reductions of a
+    # process_group happen here, on every rank alike.
+    with torch.enable_grad():
+        lp = logp_r.detach().requires_grad_()
+        zero = torch.zeros((), dtype=cdt, device=lp.device)
+        e0 = None if _is_zero(opts.entropy_coef) else zero.clone().requires_grad_()
+        k0 = None if ref is None or _is_zero(opts.kl_coef) else zero.clone().requires_grad_()
+        out0 = finish(
+            lp,
+            zero if e0 is None else e0,
+            (zero if k0 is None else k0) if ref is not None else None,
+        )
+        leaves = [x for x in (lp, e0, k0) if x is not None]
+        found = list(torch.autograd.grad(out0.loss, leaves, allow_unused=True))
+    g_lp = found.pop(0)
+    g_ent = None if e0 is None else found.pop(0)
+    g_kl = None if k0 is None else found.pop(0)
+    hw = (hidden2d.detach(), weight.detach(), None if bias is None else bias.detach())
+    walk_args = (*hw, ref, walk, acts, lse.detach(), g_lp, g_ent, g_kl, chunk, need)
+    # Pass 2: re-project (1 GEMM, +1 for the exact-KL reference), values and gradients
+    # (2 GEMMs, fewer when weight or hidden needs no gradient).
+    with torch.no_grad():
+        ent_r, kl_r, grads = grad_walk(*walk_args, True)
+
+    def recompute() -> list[torch.Tensor | None]:
+        with torch.no_grad():
+            return grad_walk(*walk_args, False)[2]
+
+    assert ent_r is not None
+    out = finish(logp_r, ent_r.sum(), None if kl_r is None else kl_r.sum())
+    loss = attach_gradients(out.loss, hidden, weight, bias, grads, recompute, process_group)
+    return out._replace(loss=loss)

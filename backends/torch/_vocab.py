@@ -12,7 +12,7 @@ log-softmax and writes its gradient in closed form:
 
 so at most one chunk of float32 ``[chunk, V]`` temporaries (about four of them) is alive at a
 time. The rows come from a *source*: slices of a logits tensor, or ``hidden @ weight.T + bias``
-(the fused LM head: logits never exist for all tokens at once).
+(the fused LM head, whose gradients ``_fused_linear.py`` computes in two passes instead).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_chunk_size", "fused_linear_stats", "logits_stats"]
+__all__ = ["default_chunk_size", "logits_stats"]
 
 # Elements per float32 [chunk, V] block: 4M (16 MiB) on CPU, where blocks that stay in the
 # last-level cache win and the matmuls are already efficient at 64 rows; 32M (128 MiB) on CUDA,
@@ -51,8 +51,11 @@ def _log_softmax(z: torch.Tensor, finite: bool) -> torch.Tensor:
 
 
 def _rowdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_v x[i, v] * y[i, v] as one batched matmul (no [c, V] product temporary)."""
-    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1)
+    """sum_v x[i, v] * y[i, v] as one batched matmul (no [c, V] product temporary).
+
+    ``y`` goes in as a transposed ``[c, 1, V]`` view, not as ``y.unsqueeze(2)``: same values,
+    but the CPU bmm takes a path about 2x faster for that layout (measured at [128, 32000])."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(1).transpose(1, 2)).reshape(-1)
 
 
 def _forward_block(
@@ -214,120 +217,3 @@ def logits_stats(
     when ``rows`` is None); ``finite=False`` when the logits may hold -inf."""
     ref = None if ref2d is None else ref2d.detach()
     return _LogitsStats.apply(logits2d, ref, rows, acts, chunk, cdt, finite)
-
-
-def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return h @ w.T if b is None else torch.addmm(b, h, w.T)
-
-
-class _FusedLinearStats(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        hidden2d: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        ref_hidden2d: torch.Tensor | None,
-        ref_weight: torch.Tensor | None,
-        ref_bias: torch.Tensor | None,
-        rows: torch.Tensor | None,
-        acts: torch.Tensor,
-        chunk: int,
-        cdt: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ctx.set_materialize_grads(False)
-        src = lambda s, e: _linear(_pick(hidden2d, rows, s, e), weight, bias).to(cdt)
-        ref_src = None
-        if ref_hidden2d is not None:
-            ref_src = lambda s, e: _linear(
-                _pick(ref_hidden2d, rows, s, e), ref_weight, ref_bias
-            ).to(cdt)
-        # Finite hidden states and weights (checked) give finite logits: no -inf handling.
-        logp, ent, kl = _walk_forward(src, ref_src, acts.shape[0], acts, chunk, cdt, True)
-        ctx.save_for_backward(
-            hidden2d, weight, bias, ref_hidden2d, ref_weight, ref_bias, rows, acts, ent, kl
-        )
-        ctx.chunk, ctx.cdt = chunk, cdt
-        return logp, ent, kl
-
-    @staticmethod
-    def backward(ctx: Any, g_logp: Any, g_ent: Any, g_kl: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        hidden2d, weight, bias, ref_h, ref_w, ref_b, rows, acts, ent, kl = ctx.saved_tensors
-        chunk, cdt = ctx.chunk, ctx.cdt
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        n = acts.shape[0]
-        # Accumulate weight/bias gradients in float32 at least, whatever the parameter dtype.
-        acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        d_hidden = None
-        if need_h:
-            d_hidden = (torch.empty_like if rows is None else torch.zeros_like)(hidden2d)
-        d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        d_bias = None
-        if need_b and bias is not None:
-            d_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            h = _pick(hidden2d, rows, s, e)
-            ref_z = None
-            if ref_h is not None and g_kl is not None:
-                ref_z = _linear(_pick(ref_h, rows, s, e), ref_w, ref_b).to(cdt)
-            dz = _backward_block(
-                _linear(h, weight, bias).to(cdt),
-                acts[s:e],
-                ref_z,
-                ent[s:e],
-                kl[s:e],
-                _cut(g_logp, s, e),
-                _cut(g_ent, s, e),
-                _cut(g_kl, s, e),
-                True,
-            )
-            del ref_z
-            dzw = dz.to(weight.dtype)
-            if d_hidden is not None:
-                dh = (dzw @ weight).to(d_hidden.dtype)
-                if rows is None:
-                    d_hidden[s:e] = dh
-                else:
-                    d_hidden.index_copy_(0, rows[s:e], dh)
-            if d_weight is not None:
-                if d_weight.dtype == weight.dtype:
-                    d_weight.addmm_(dzw.T, h.to(weight.dtype))
-                else:
-                    d_weight.add_((dzw.T @ h.to(weight.dtype)).to(acc))
-            if d_bias is not None:
-                d_bias.add_(dz.sum(dim=0).to(acc))
-        if d_weight is not None:
-            d_weight = d_weight.to(weight.dtype)
-        if d_bias is not None:
-            d_bias = d_bias.to(bias.dtype)
-        return d_hidden, d_weight, d_bias, None, None, None, None, None, None, None
-
-
-def fused_linear_stats(
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    ref_hidden2d: torch.Tensor | None,
-    ref_weight: torch.Tensor | None,
-    ref_bias: torch.Tensor | None,
-    rows: torch.Tensor | None,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logp_a, entropy, kl)`` ``[n]`` for the ``rows`` of ``hidden2d @ weight.T + bias``
-    (every row when ``rows`` is None)."""
-    det = lambda x: None if x is None else x.detach()
-    return _FusedLinearStats.apply(
-        hidden2d,
-        weight,
-        bias,
-        det(ref_hidden2d),
-        det(ref_weight),
-        det(ref_bias),
-        rows,
-        acts,
-        chunk,
-        cdt,
-    )

@@ -1,0 +1,282 @@
+"""The fused LM head (``logits = hidden @ weight.T + bias``) in two passes, with every gradient
+computed inside the forward.
+
+Why: the GEMM count. A recompute-in-backward design needs six ``[rows, V] x [V, H]``-sized
+GEMMs (forward: policy and reference projections; backward: both again, then ``d hidden`` and
+``d weight``), where a naive materializing version needs four. The loss gradient is known in
+closed form once the per-trajectory sums ``L_k`` are known, so:
+
+- pass 1 (:func:`policy_logp`) projects each chunk of the policy and keeps only the row
+  log-sum-exp and the taken-action log-prob (1 GEMM);
+- the objective on those log-probs gives, for an upstream gradient of 1, the per-step
+  coefficient ``c_t = dJ/dlogp_t`` and the scalar coefficients of the entropy and KL sums;
+- pass 2 (:func:`grad_walk`) re-projects the policy chunk (1 GEMM) and the reference chunk
+  (1 GEMM, exact KL only), computes the entropy and KL values and
+  ``dz = c_t (onehot(a_t) - p_t) + g_ent dH/dz + g_kl dKL/dz``, then ``d hidden = dz @ W`` and
+  ``d weight += dz.T @ h`` (2 GEMMs): five GEMMs, and none in the autograd backward, which
+  only scales the stored gradients by the upstream gradient (:class:`_PrecomputedGrad`).
+
+Per chunk the closed forms are (``l = log p``, ``l' = log p_ref``, per row)
+
+    dz = g_logp*onehot(a) - p * (alpha + beta*l + g_kl*l'),
+    alpha = g_logp + g_ent*H + g_kl*KL,  beta = g_ent - g_kl
+
+so at most three float32 ``[chunk, V]`` blocks are alive at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._distributed import all_reduce_sum, world_size
+from ._vocab import _pick, _rowdot, _walk_forward
+
+__all__ = ["attach_gradients", "fused_linear_values", "grad_walk", "policy_logp"]
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return h @ w.T if b is None else torch.addmm(b, h, w.T)
+
+
+def fused_linear_values(
+    hidden2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    rows: torch.Tensor | None,
+    acts: torch.Tensor,
+    chunk: int,
+    cdt: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logp_a, entropy, kl)`` ``[n]`` with no gradient: one walk, each chunk projected once
+    per head (used when nothing needs a gradient)."""
+    src = lambda s, e: _linear(_pick(hidden2d, rows, s, e), weight, bias).to(cdt)
+    ref_src = None
+    if ref is not None:
+        rh, rw, rb = ref
+        ref_src = lambda s, e: _linear(_pick(rh, rows, s, e), rw, rb).to(cdt)
+    # Finite hidden states and weights (checked) give finite logits: no -inf handling.
+    with torch.no_grad():
+        return _walk_forward(src, ref_src, acts.shape[0], acts, chunk, cdt, True)
+
+
+def _lse_walk(
+    hidden2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    acts: torch.Tensor,
+    chunk: int,
+    cdt: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = acts.shape[0]
+    logp = torch.empty(n, dtype=cdt, device=acts.device)
+    lse = torch.empty(n, dtype=cdt, device=acts.device)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        z = _linear(_pick(hidden2d, rows, s, e), weight, bias).to(cdt)
+        a = acts[s:e, None]
+        # log_softmax is one fused kernel; torch.logsumexp makes about four passes (3x slower
+        # at [128, 32000] on CPU). lse = z_a - log p_a.
+        lp = torch.log_softmax(z, dim=1).gather(1, a)[:, 0]
+        logp[s:e] = lp
+        lse[s:e] = z.gather(1, a)[:, 0] - lp
+    return logp, lse
+
+
+def grad_walk(
+    hidden2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    rows: torch.Tensor | None,
+    acts: torch.Tensor,
+    lse: torch.Tensor,
+    g_logp: torch.Tensor | None,
+    g_ent: torch.Tensor | None,
+    g_kl: torch.Tensor | None,
+    chunk: int,
+    need: tuple[bool, bool, bool],
+    values: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
+    """Pass 2: re-project each chunk (policy with the pass-1 ``lse``, reference ``ref`` =
+    ``(ref_hidden2d, ref_weight, ref_bias)`` when given) and return ``(entropy [n] | None,
+    kl [n] | None, [d hidden2d, d weight, d bias])`` for the loss
+    ``sum_t g_logp_t logp_t + g_ent sum_t H_t + g_kl sum_t KL_t`` (``g_logp`` ``[n]``,
+    ``g_ent``/``g_kl`` 0-d, ``None`` = 0). ``need`` says which of the three gradients to build
+    (the others are skipped, GEMMs included); ``values`` asks for entropy and KL values."""
+    n, cdt = acts.shape[0], lse.dtype
+    dev = acts.device
+    need_h, need_w, need_b = need
+    use_kl = ref is not None and g_kl is not None
+    want_ent = values or g_ent is not None or use_kl
+    ent = torch.empty(n, dtype=cdt, device=dev) if values else None
+    kl = torch.empty(n, dtype=cdt, device=dev) if values and ref is not None else None
+    # Weight and bias gradients accumulate in float32 at least, whatever the parameter dtype.
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    d_h = None
+    if need_h:
+        d_h = (torch.empty_like if rows is None else torch.zeros_like)(hidden2d)
+    d_w = torch.zeros(weight.shape, dtype=acc, device=dev) if need_w else None
+    d_b = torch.zeros(weight.shape[0], dtype=acc, device=dev) if need_b else None
+    zero = torch.zeros((), dtype=cdt, device=dev)
+    gl_all = torch.zeros(n, dtype=cdt, device=dev) if g_logp is None else g_logp.to(cdt)
+    ge = zero if g_ent is None else g_ent.to(cdt)
+    gk = zero if not use_kl else g_kl.to(cdt)  # type: ignore[union-attr]
+    beta = ge - gk
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        h = _pick(hidden2d, rows, s, e)
+        ref_l = None
+        if ref is not None:  # first, so its log_softmax temporaries die before p exists
+            rh, rw, rb = ref
+            ref_l = torch.log_softmax(_linear(_pick(rh, rows, s, e), rw, rb).to(cdt), dim=1)
+        lsm = _linear(h, weight, bias).to(cdt)
+        lsm.sub_(lse[s:e, None])  # log p, with the pass-1 normalizer: no second reduction
+        p = torch.exp(lsm)
+        h_c = -_rowdot(p, lsm) if want_ent else None
+        k_c = None
+        if ref_l is not None:
+            k_c = -h_c - _rowdot(p, ref_l)  # type: ignore[operator]
+        if values:
+            ent[s:e] = h_c  # type: ignore[index]
+            if kl is not None:
+                kl[s:e] = k_c
+        if not (need_h or need_w or need_b):
+            continue
+        gl = gl_all[s:e]
+        alpha = gl + ge * h_c if h_c is not None else gl
+        if use_kl:
+            alpha = alpha + gk * k_c
+        u = torch.addcmul(-alpha[:, None], lsm, -beta, out=lsm)  # in place over log p
+        if use_kl:
+            u.addcmul_(ref_l, -gk)  # type: ignore[arg-type]
+        del ref_l
+        u.mul_(p)
+        del p
+        u.scatter_add_(1, acts[s:e, None], gl[:, None])
+        if d_b is not None:
+            d_b.add_(u.sum(dim=0).to(acc))
+        uw = u.to(weight.dtype)
+        if d_h is not None:
+            dh = (uw @ weight).to(d_h.dtype)
+            if rows is None:
+                d_h[s:e] = dh
+            else:
+                d_h.index_copy_(0, rows[s:e], dh)
+        if d_w is not None:
+            if d_w.dtype == weight.dtype:
+                d_w.addmm_(uw.T, h)
+            else:
+                d_w.add_((uw.T @ h.to(weight.dtype)).to(acc))
+    if d_w is not None:
+        d_w = d_w.to(weight.dtype)
+    if d_b is not None and bias is not None:
+        d_b = d_b.to(bias.dtype)
+    return ent, kl, [d_h, d_w, d_b]
+
+
+class _PolicyLogp(torch.autograd.Function):
+    """Pass 1 as an autograd node: ``(logp [n], lse [n])``. Its backward (a re-projection
+    walk) runs only when something other than the loss is differentiated through the
+    log-probs (``weights``, ``log_likelihood``): the loss itself uses the gradients computed
+    in the forward, so a plain ``loss.backward()`` never calls it."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden2d: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        rows: torch.Tensor | None,
+        acts: torch.Tensor,
+        chunk: int,
+        cdt: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        logp, lse = _lse_walk(hidden2d, weight, bias, rows, acts, chunk, cdt)
+        ctx.save_for_backward(hidden2d, weight, bias, rows, acts, lse)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(lse)
+        return logp, lse
+
+    @staticmethod
+    def backward(ctx: Any, g_logp: Any, _: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        hidden2d, weight, bias, rows, acts, lse = ctx.saved_tensors
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        if g_logp is None:
+            return None, None, None, None, None, None, None
+        _, _, (d_h, d_w, d_b) = grad_walk(
+            hidden2d, weight, bias, None, rows, acts, lse, g_logp, None, None, ctx.chunk,
+            need, False,
+        )  # fmt: skip
+        return d_h, d_w, d_b, None, None, None, None
+
+
+def policy_logp(
+    hidden2d: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    acts: torch.Tensor,
+    chunk: int,
+    cdt: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1: ``(logp_a [n], lse [n])`` for the ``rows`` of ``hidden2d @ weight.T + bias``
+    (every row when ``rows`` is None); ``logp_a`` is differentiable, ``lse`` a constant."""
+    return _PolicyLogp.apply(hidden2d, weight, bias, rows, acts, chunk, cdt)
+
+
+class _PrecomputedGrad(torch.autograd.Function):
+    """``value`` (the loss, 0-d) whose backward returns the gradients computed in the forward,
+    times the upstream gradient. The first backward hands the stored buffers over (no copy:
+    ``.grad`` may adopt them); a second one (``retain_graph=True``) recomputes them."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        value: torch.Tensor,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        grads: list[torch.Tensor | None],
+        recompute: Callable[[], list[torch.Tensor | None]],
+        group: Any,
+    ) -> torch.Tensor:
+        ctx.grads, ctx.recompute, ctx.group = grads, recompute, group
+        ctx.shape = hidden.shape
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            grads = ctx.recompute()
+        if ctx.group is not None:
+            # The stored gradients are for an upstream 1.0 on every rank; the reduced objective
+            # is linear in the sum of the ranks' upstream gradients (see _distributed.py).
+            g = all_reduce_sum(g.detach(), ctx.group) / world_size(ctx.group)
+        if bool(g != 1):
+            grads = [None if d is None else d.mul_(g.to(d.dtype)) for d in grads]
+        d_h, d_w, d_b = grads
+        if d_h is not None:
+            d_h = d_h.reshape(ctx.shape)
+        return None, d_h, d_w, d_b, None, None, None
+
+
+def attach_gradients(
+    value: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    grads: list[torch.Tensor | None],
+    recompute: Callable[[], list[torch.Tensor | None]],
+    group: Any,
+) -> torch.Tensor:
+    """The loss ``value`` (detached) made differentiable w.r.t. ``hidden``, ``weight`` and
+    ``bias`` with the precomputed ``grads`` (``[d hidden2d, d weight, d bias]``)."""
+    return _PrecomputedGrad.apply(value.detach(), hidden, weight, bias, grads, recompute, group)
