@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,9 @@ def curves(records: list[dict[str, object]], variant: str, budget: int) -> tuple
         idx = np.searchsorted(steps, grid, side="right") - 1
         ys.append(np.where(idx >= 0, ma[np.maximum(idx, 0)], np.nan))
     y = np.array(ys)
-    return grid, np.nanmedian(y, 0), np.nanpercentile(y, 25, 0), np.nanpercentile(y, 75, 0)
+    with warnings.catch_warnings():  # grid points before any seed's first episode are NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return grid, np.nanmedian(y, 0), np.nanpercentile(y, 25, 0), np.nanpercentile(y, 75, 0)
 
 
 def plot(records: list[dict[str, object]], budget: int, path: Path) -> None:

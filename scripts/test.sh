@@ -8,7 +8,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=
 echo "[haepo] ruff"
 ruff check .
 echo "[haepo] conformance suite on every installed backend"
-python -P -m haepo_conformance --all --max-examples "${HAEPO_CONFORMANCE_EXAMPLES:-10}" --derandomize
+mkdir -p runs
+python -P -m haepo_conformance --all --max-examples "${HAEPO_CONFORMANCE_EXAMPLES:-5}" \
+  --derandomize --no-shrink -q --report runs/conformance.json
 echo "[haepo] pytest"
 # -P: the repo root is not put on sys.path, so the bare folders backends/, adapters/,
 # conformance/ can never shadow the installed haepo_* packages.

@@ -254,3 +254,116 @@ def test_all_valid_steps_walk_views_and_match_core():
     torch.testing.assert_close(o.loss, oc.loss)
     torch.testing.assert_close(gh, gh2)
     torch.testing.assert_close(gw, gw2)
+
+
+# ---------------------------------------------------------------- two-pass fused linear head
+# haepo_loss_from_hidden computes every gradient in its forward (pass 1: policy log-sum-exp and
+# taken-action log-probs; pass 2: re-projection, entropy/KL and d logits, then d hidden and
+# d weight): 5 GEMMs instead of 6. These tests pin that path to the core on materialized logits.
+
+
+def _two_pass_case(kl, use_bias, seed=11):
+    d = _data(seed)
+    h = d["hidden"].clone().requires_grad_()
+    w = d["weight"].clone().requires_grad_()
+    b = d["bias"].clone().requires_grad_() if use_bias else None
+    kw = dict(KW, length_normalize=True, normalize_returns="center")
+    if kl == "exact":
+        ours = dict(ref_hidden=d["ref_hidden"], ref_weight=d["ref_weight"])
+        core = dict(ref_logits=d["ref_hidden"] @ d["ref_weight"].T)
+    else:
+        ours = core = dict(ref_logp=d["ref_logp"], kl_estimator="k2")
+    common = dict(group_ids=d["group_ids"], **kw)
+    out = haepo_loss_from_hidden(
+        h, w, d["actions"], d["returns"], d["mask"], bias=b, chunk_size=4, **ours, **common
+    )
+    h2 = d["hidden"].clone().requires_grad_()
+    w2 = d["weight"].clone().requires_grad_()
+    b2 = d["bias"].clone().requires_grad_() if use_bias else None
+    logits = h2 @ w2.T + (b2 if use_bias else 0)
+    ref = haepo_core.haepo_loss_from_logits(
+        logits, d["actions"], d["returns"], d["mask"], **core, **common
+    )
+    return (
+        out,
+        ref,
+        [x for x in (h, w, b) if x is not None],
+        [x for x in (h2, w2, b2) if x is not None],
+    )
+
+
+@pytest.mark.parametrize("kl", ["exact", "estimator"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_two_pass_from_hidden_matches_core_values_and_gradients(kl, use_bias):
+    out, ref, ours, theirs = _two_pass_case(kl, use_bias)
+    torch.testing.assert_close(out.loss, ref.loss)
+    for key in ("entropy", "kl", "policy_loss", "ess"):
+        torch.testing.assert_close(out.stats[key], ref.stats[key])
+    torch.testing.assert_close(out.weights, ref.weights)
+    torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
+    for a, b in zip(torch.autograd.grad(out.loss, ours), torch.autograd.grad(ref.loss, theirs)):
+        torch.testing.assert_close(a, b)
+
+
+def test_two_pass_loss_gradient_scales_with_upstream_and_survives_a_second_backward():
+    """The stored gradients are for an upstream 1.0; backward scales them, and a second
+    backward (retain_graph) recomputes them instead of reusing the handed-over buffers."""
+    out, ref, ours, theirs = _two_pass_case("exact", True)
+    g1 = torch.autograd.grad(-2.5 * out.loss, ours, retain_graph=True)
+    g2 = torch.autograd.grad(out.loss, ours)
+    gc = torch.autograd.grad(ref.loss, theirs)
+    for a, b, c in zip(g1, g2, gc):
+        torch.testing.assert_close(a, -2.5 * c)
+        torch.testing.assert_close(b, c)
+
+
+def test_two_pass_weights_and_log_likelihood_stay_differentiable():
+    """weights and log_likelihood get gradients through the pass-1 log-probs (a re-projection
+    backward that runs only for them), as in the core; the loss is added on top."""
+    out, ref, ours, theirs = _two_pass_case("exact", True)
+    probe = torch.linspace(-1.0, 1.0, M, dtype=torch.float64)
+    f = (out.weights * probe).sum() + (out.log_likelihood * probe).sum() + out.loss
+    fc = (ref.weights * probe).sum() + (ref.log_likelihood * probe).sum() + ref.loss
+    for a, b in zip(torch.autograd.grad(f, ours), torch.autograd.grad(fc, theirs)):
+        torch.testing.assert_close(a, b)
+    for v in out.stats.values():
+        assert not v.requires_grad
+
+
+def test_two_pass_skips_gradients_of_frozen_inputs_and_no_grad_mode():
+    d = _data(12)
+    h = d["hidden"].clone().requires_grad_()
+    w = d["weight"].clone()  # frozen head
+    kw = dict(ref_hidden=d["ref_hidden"], group_ids=d["group_ids"], chunk_size=3, **KW)
+    out = haepo_loss_from_hidden(h, w, d["actions"], d["returns"], d["mask"], **kw)
+    (gh,) = torch.autograd.grad(out.loss, [h])
+    h2 = d["hidden"].clone().requires_grad_()
+    ref = haepo_core.haepo_loss_from_logits(
+        h2 @ w.T,
+        d["actions"],
+        d["returns"],
+        d["mask"],
+        ref_logits=d["ref_hidden"] @ w.T,
+        group_ids=d["group_ids"],
+        **KW,
+    )
+    (gc,) = torch.autograd.grad(ref.loss, [h2])
+    torch.testing.assert_close(gh, gc)
+    with torch.no_grad():
+        o = haepo_loss_from_hidden(h, w, d["actions"], d["returns"], d["mask"], **kw)
+    assert not o.loss.requires_grad
+    torch.testing.assert_close(o.loss, ref.loss.detach())
+    torch.testing.assert_close(o.stats["kl"], ref.stats["kl"])
+
+
+def test_in_place_log_softmax_matches_torch():
+    """The fused head's log_softmax runs in place on CPU (no second [chunk, V] block)."""
+    from haepo_backends.torch._fused_linear import _log_softmax_
+
+    g = torch.Generator().manual_seed(13)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(7, 3000, generator=g, dtype=dtype) * 5
+        want = torch.log_softmax(x, dim=1)
+        got = _log_softmax_(x)
+        assert got.data_ptr() == x.data_ptr()
+        torch.testing.assert_close(got, want)

@@ -41,6 +41,41 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return h @ w.T if b is None else torch.addmm(b, h, w.T)
 
 
+class _Workspace:
+    """Float32 (float64) ``[chunk, V]`` blocks reused by every chunk of a walk.
+
+    Why: a fresh block per chunk and per temporary is a fresh allocation whose pages are
+    faulted in (and zeroed by the kernel) every time once blocks are large enough for mmap;
+    reusing three blocks pays that once per walk. The projection writes straight into its
+    block when the weight is already in the compute dtype (else it is cast, a new tensor)."""
+
+    def __init__(self, n_blocks: int, chunk: int, vocab: int, cdt: torch.dtype, dev: Any):
+        self.blocks = [torch.empty(chunk, vocab, dtype=cdt, device=dev) for _ in range(n_blocks)]
+
+    def project(
+        self, i: int, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
+        out = self.blocks[i][: h.shape[0]]
+        if w.dtype != out.dtype or h.dtype != out.dtype:
+            return _linear(h, w, b).to(out.dtype)
+        if b is None:
+            return torch.mm(h, w.T, out=out)
+        return torch.addmm(b.to(out.dtype), h, w.T, out=out)
+
+    def block(self, i: int, rows: int) -> torch.Tensor:
+        return self.blocks[i][:rows]
+
+
+def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax over dim 1, in place on CPU: the CPU kernel finishes a row's max and sum
+    before it writes that row, so no second block is needed (checked against
+    torch.log_softmax in the tests); elsewhere a new tensor, as the kernel's in-place safety
+    is not documented there."""
+    if x.device.type == "cpu":
+        return torch._log_softmax(x, 1, False, out=x)
+    return torch.log_softmax(x, dim=1)
+
+
 def fused_linear_values(
     hidden2d: torch.Tensor,
     weight: torch.Tensor,
@@ -75,15 +110,17 @@ def _lse_walk(
     n = acts.shape[0]
     logp = torch.empty(n, dtype=cdt, device=acts.device)
     lse = torch.empty(n, dtype=cdt, device=acts.device)
+    ws = _Workspace(1, min(chunk, n), weight.shape[0], cdt, acts.device)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        z = _linear(_pick(hidden2d, rows, s, e), weight, bias).to(cdt)
+        z = ws.project(0, _pick(hidden2d, rows, s, e), weight, bias)
         a = acts[s:e, None]
+        z_a = z.gather(1, a)[:, 0]
         # log_softmax is one fused kernel; torch.logsumexp makes about four passes (3x slower
         # at [128, 32000] on CPU). lse = z_a - log p_a.
-        lp = torch.log_softmax(z, dim=1).gather(1, a)[:, 0]
+        lp = _log_softmax_(z).gather(1, a)[:, 0]
         logp[s:e] = lp
-        lse[s:e] = z.gather(1, a)[:, 0] - lp
+        lse[s:e] = z_a - lp
     return logp, lse
 
 
@@ -127,16 +164,17 @@ def grad_walk(
     ge = zero if g_ent is None else g_ent.to(cdt)
     gk = zero if not use_kl else g_kl.to(cdt)  # type: ignore[union-attr]
     beta = ge - gk
+    ws = _Workspace(2 if ref is None else 3, min(chunk, n), weight.shape[0], cdt, dev)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         h = _pick(hidden2d, rows, s, e)
         ref_l = None
-        if ref is not None:  # first, so its log_softmax temporaries die before p exists
+        if ref is not None:
             rh, rw, rb = ref
-            ref_l = torch.log_softmax(_linear(_pick(rh, rows, s, e), rw, rb).to(cdt), dim=1)
-        lsm = _linear(h, weight, bias).to(cdt)
+            ref_l = _log_softmax_(ws.project(2, _pick(rh, rows, s, e), rw, rb))
+        lsm = ws.project(0, h, weight, bias)
         lsm.sub_(lse[s:e, None])  # log p, with the pass-1 normalizer: no second reduction
-        p = torch.exp(lsm)
+        p = torch.exp(lsm, out=ws.block(1, e - s))
         h_c = -_rowdot(p, lsm) if want_ent else None
         k_c = None
         if ref_l is not None:
@@ -156,7 +194,6 @@ def grad_walk(
             u.addcmul_(ref_l, -gk)  # type: ignore[arg-type]
         del ref_l
         u.mul_(p)
-        del p
         u.scatter_add_(1, acts[s:e, None], gl[:, None])
         if d_b is not None:
             d_b.add_(u.sum(dim=0).to(acc))

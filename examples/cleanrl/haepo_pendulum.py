@@ -226,7 +226,9 @@ def train(args: Args) -> dict[str, object]:
                 writer.add_scalar(f"haepo/{k}", v, global_step)
         if episodes:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
-            bar.set_postfix(ma_return=f"{ma:.1f}", ess=f"{row.get('ess', float('nan')):.1f}")
+            # a rollout with < 2 finished episodes makes no update: show "-" rather than NaN
+            ess = f"{row['ess']:.1f}" if "ess" in row else "-"
+            bar.set_postfix(ma_return=f"{ma:.1f}", ess=ess)
     bar.close()
     envs.close()
     wall = time.time() - start
