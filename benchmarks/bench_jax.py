@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.axhline(naive["peak_extra_mb"], color="r", ls=":", label=f"naive at T={t}")
         ax.set_xlabel("T (tokens per sequence)")
         ax.set_ylabel("MB")
-        ax.set_title(f"JAX from_hidden, M={m}, V={v}, H={h}, chunk={args.chunk}")
+        ax.set_title(f"JAX from_hidden, M={m}, V={v}, H={h}, chunk={args.chunk}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)

@@ -11,7 +11,6 @@ from ._namespace import (
     Array,
     compute_dtype,
     get_namespace,
-    is_concrete,
     stop_gradient,
     values_readable,
 )
@@ -70,23 +69,18 @@ def _options(**kw: Any) -> _Options:
 
 
 def _positive(value: Any) -> bool:
-    """Whether a coefficient is known to be > 0 (traced coefficients count as 'maybe')."""
-    if isinstance(value, numbers.Real):
-        return float(value) > 0
-    return not is_concrete(value) or float(value) > 0
+    """Whether a coefficient is a plain number > 0 (array coefficients, possibly traced or
+    being differentiated, are not inspected: a missing input then fails loudly downstream)."""
+    return isinstance(value, numbers.Real) and float(value) > 0
 
 
 def _require_inputs(opts: _Options, has_entropy: bool, has_kl: bool) -> None:
-    if (
-        _positive(opts.entropy_coef)
-        and not has_entropy
-        and isinstance(opts.entropy_coef, numbers.Real)
-    ):
+    if _positive(opts.entropy_coef) and not has_entropy:
         raise ValueError(
             f"entropy: expected a per-step entropy array since entropy_coef = {opts.entropy_coef} "
             "> 0, got None"
         )
-    if _positive(opts.kl_coef) and not has_kl and isinstance(opts.kl_coef, numbers.Real):
+    if _positive(opts.kl_coef) and not has_kl:
         raise ValueError(
             f"ref_logp: expected reference log-probs (or ref_logits) since kl_coef = "
             f"{opts.kl_coef} > 0, got None"

@@ -132,7 +132,15 @@ def _check_number(name: str, value: object, *, positive: bool) -> None:
         if hasattr(value, "shape") and getattr(value, "ndim", 1) == 0:
             if not is_concrete(value):
                 return
-            value = float(value)  # type: ignore[arg-type]
+            # A coefficient being differentiated (a jax.grad tracer) refuses float(): read its
+            # concrete primal value instead, and skip the check if there is none.
+            to_concrete = getattr(value, "to_concrete_value", None)
+            if to_concrete is not None:
+                value = to_concrete()
+                if value is None:
+                    return
+            detach = getattr(value, "detach", None)  # torch: read without autograd's warning
+            value = float(detach() if detach is not None else value)  # type: ignore[arg-type]
         else:
             raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     v = float(value)  # type: ignore[arg-type]

@@ -50,16 +50,18 @@ SCRIPT = textwrap.dedent(
                                                                    ref)
     sharded_loss = jax.shard_map(lambda *a: padded(*a, axis_name="d").loss, mesh=mesh,
                                  in_specs=(P("d"),) * 6, out_specs=P())
-    # 1. loss and stats (out_specs=P(): every device holds the global value)
-    sm_stats = jax.shard_map(lambda *a: padded(*a, axis_name="d").stats, mesh=mesh,
-                             in_specs=(P("d"),) * 6, out_specs=P())
-    close(sharded_loss(logp, R, mask, gids, ent, ref), single.loss, "loss")
-    for k, v in sm_stats(logp, R, mask, gids, ent, ref).items():
+    # 1. loss and stats are global (out_specs=P()); weights are each device's rows
+    def parts(*a):
+        out = padded(*a, axis_name="d")
+        return out.loss, out.stats, out.weights
+
+    sm_all = jax.jit(jax.shard_map(parts, mesh=mesh, in_specs=(P("d"),) * 6,
+                                   out_specs=(P(), P(), P("d"))))
+    loss_s, stats_s, weights_s = sm_all(logp, R, mask, gids, ent, ref)
+    close(loss_s, single.loss, "loss")
+    for k, v in stats_s.items():
         close(v, single.stats[k], k)
-    # per-device rows: weights, normalized returns
-    sm_w = jax.shard_map(lambda *a: padded(*a, axis_name="d").weights, mesh=mesh,
-                         in_specs=(P("d"),) * 6, out_specs=P("d"))
-    close(sm_w(logp, R, mask, gids, ent, ref), single.weights, "weights")
+    close(weights_s, single.weights, "weights")
     # 2. gradient of the sharded loss (taken outside shard_map), jitted
     g_out = jax.jit(jax.grad(sharded_loss, argnums=(0, 4)))(logp, R, mask, gids, ent, ref)
     close(g_out[0], g_single[0], "grad logp (outer)")
@@ -68,7 +70,7 @@ SCRIPT = textwrap.dedent(
     inner = jax.shard_map(
         lambda *a: jax.grad(lambda *b: padded(*b, axis_name="d").loss)(*a), mesh=mesh,
         in_specs=(P("d"),) * 6, out_specs=P("d"))
-    close(inner(logp, R, mask, gids, ent, ref), g_single[0], "grad logp (inner)")
+    close(jax.jit(inner)(logp, R, mask, gids, ent, ref), g_single[0], "grad logp (inner)")
 
     # 4. packed: each trajectory's steps on the device that holds its return (4 trajectories
     #    of T steps per device; segment ids are local to the device), compared with the
@@ -82,8 +84,8 @@ SCRIPT = textwrap.dedent(
     smp = jax.shard_map(lambda *a: packed(*a, axis_name="d").loss, mesh=mesh,
                         in_specs=(P("d"),) * 6, out_specs=P())
     args_p = (lp_all, R, seg, gids, ent.reshape(-1), ref.reshape(-1))
-    close(smp(*args_p), single_p.loss, "packed loss")
-    g_p = jax.grad(smp)(*args_p)
+    close(jax.jit(smp)(*args_p), single_p.loss, "packed loss")
+    g_p = jax.jit(jax.grad(smp))(*args_p)
     g_full = jax.grad(lambda x: padded(x, R, full, gids, ent, ref).loss)(logp)
     close(g_p, g_full.reshape(-1), "packed grad")
 
@@ -99,8 +101,8 @@ SCRIPT = textwrap.dedent(
     smh = jax.shard_map(lambda *a: fh(*a, axis_name="d"), mesh=mesh,
                         in_specs=(P("d"), P(), P("d"), P("d"), P("d"), P("d"), P("d")),
                         out_specs=P())
-    close(smh(hid, W, acts, R, mask, gids, refh), fh(hid, W, acts, R, mask, gids, refh),
-          "hidden loss")
+    close(jax.jit(smh)(hid, W, acts, R, mask, gids, refh),
+          fh(hid, W, acts, R, mask, gids, refh), "hidden loss")
     g2 = jax.jit(jax.grad(smh, argnums=(0, 1)))(hid, W, acts, R, mask, gids, refh)
     close(g2[0], g1[0], "hidden grad h")
     close(g2[1], g1[1], "hidden grad W")

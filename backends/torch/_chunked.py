@@ -284,10 +284,16 @@ def haepo_loss_from_hidden(
     r"""The HAEPO loss from last hidden states and the LM head (fused linear, chunked).
 
     Same as :func:`haepo_loss_from_logits` on ``logits = hidden @ weight.T + bias``, but the
-    logits are never materialized for all tokens: each chunk of valid rows is projected,
-    reduced to ``(logp, entropy, KL)`` and dropped; backward re-projects it and accumulates
-    ``d hidden = dz @ weight``, ``d weight += dz.T @ hidden_chunk``, ``d bias += sum dz``
-    (weight and bias gradients accumulate in float32 at least).
+    logits are never materialized for all tokens. Two passes over chunks of valid rows, with
+    every gradient computed in the forward (5 GEMMs, where recomputing in backward takes 6):
+    pass 1 keeps each row's log-sum-exp and the taken log-prob, which fixes the closed-form
+    coefficients ``dJ/dlogp_t`` and those of the entropy and KL sums; pass 2 re-projects,
+    computes entropy and KL and ``dz``, and accumulates ``d hidden = dz @ weight``,
+    ``d weight += dz.T @ hidden_chunk``, ``d bias += sum dz`` (float32 at least). Backward
+    only scales them by the upstream gradient (a second backward recomputes pass 2). Inputs
+    that need no gradient get no gradient GEMM; under ``torch.no_grad()`` one pass computes
+    the values. ``weights`` and ``log_likelihood`` stay differentiable (through the pass-1
+    log-probs, re-projected only if they are differentiated).
 
     Args:
       hidden: ``[M, T, H]`` float hidden states (the matmul runs in their dtype; reductions
