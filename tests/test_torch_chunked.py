@@ -367,3 +367,31 @@ def test_in_place_log_softmax_matches_torch():
         got = _log_softmax_(x)
         assert got.data_ptr() == x.data_ptr()
         torch.testing.assert_close(got, want)
+
+
+def test_two_pass_coefficient_gradients_match_core():
+    """Tensor coefficients being differentiated get their gradient next to the stored ones."""
+    d = _data(14)
+    kw = dict(group_ids=d["group_ids"], kl_estimator="k3")
+
+    def run(fn, x, **extra):
+        ec = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        kc = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+        tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        out = fn(
+            *x, d["actions"], d["returns"], d["mask"], entropy_coef=ec, kl_coef=kc,
+            temperature=tau, **kw, **extra,
+        )  # fmt: skip
+        return out, torch.autograd.grad(out.loss, [ec, kc, tau, x[0]])
+
+    h = d["hidden"].clone().requires_grad_()
+    o, g = run(haepo_loss_from_hidden, (h, d["weight"]), ref_hidden=d["ref_hidden"], chunk_size=4)
+    h2 = d["hidden"].clone().requires_grad_()
+    oc, gc = run(
+        lambda hh, w, *a, **k: haepo_core.haepo_loss_from_logits(hh @ w.T, *a, **k),
+        (h2, d["weight"]),
+        ref_logits=d["ref_hidden"] @ d["weight"].T,
+    )
+    torch.testing.assert_close(o.loss, oc.loss)
+    for a, b in zip(g, gc):
+        torch.testing.assert_close(a, b)

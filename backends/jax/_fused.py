@@ -8,6 +8,7 @@ with :mod:`._tokens` (chunked, closed-form ``custom_vjp``), then the objective s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -30,8 +31,12 @@ from ._checks import check_bool, check_chunk_size, finite, ids_in_range, nonempt
 from ._collectives import AxisName, vary
 from ._groups import dense_group_ids
 from ._loss import _require_jax, _sanitize, make_options, valid_mask
-from ._objective import objective
-from ._tokens import token_stats_from_hidden, token_stats_from_logits
+from ._objective import Options, objective
+from ._tokens import (
+    token_stats_from_hidden,
+    token_stats_from_hidden_fast,
+    token_stats_from_logits,
+)
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
 
@@ -103,6 +108,38 @@ def _finish(logp_steps, ent_steps, kl_steps, *, valid, ref_logp, returns, gidx, 
         ent_sum=jnp.sum(ent), kl_sum=None if kl is None else jnp.sum(kl),
         n_steps=jnp.sum(n_k), opts=opts, axis_name=axis_name, out_dtype=out_dtype,
     )
+
+
+@dataclass(frozen=True)
+class _LossCotangents:
+    """``cot_fn`` of :func:`token_stats_from_hidden_fast`: the cotangents that ``loss`` sends
+    to the per-token ``(logp, entropy, kl)``, by autodiff of the very :func:`_finish` that
+    builds the loss (so the two paths cannot drift apart). Static and hashable; the arrays it
+    needs come in ``aux``. ``kl`` enters the loss linearly, so its value (zeros here) does not
+    change any cotangent."""
+
+    kl_estimator: str
+    normalize_returns: str
+    length_normalize: bool
+    num: int
+    shape: tuple[int, int]
+    exact_kl: bool
+
+    def __call__(self, lp, ent, aux):
+        def loss(lp_, ent_, kl_):
+            opts = Options(
+                entropy_coef=aux["entropy_coef"], kl_coef=aux["kl_coef"],
+                kl_estimator=self.kl_estimator, normalize_returns=self.normalize_returns,
+                temperature=aux["temperature"], length_normalize=self.length_normalize,
+                eps=aux["eps"],
+            )
+            return _finish(
+                lp_, ent_, kl_ if self.exact_kl else None, valid=aux["valid"],
+                ref_logp=aux["ref_logp"], returns=aux["returns"], gidx=aux["gidx"],
+                num=self.num, opts=opts, axis_name=None, out_dtype=lp.dtype, cdt=lp.dtype,
+            ).loss
+
+        return jax.grad(loss, argnums=(0, 1, 2))(lp, ent, jnp.zeros_like(lp))
 
 
 def haepo_loss_from_logits(
@@ -252,6 +289,11 @@ def haepo_loss_from_hidden(
     ``d weight`` ``[V, H]``) memory does not grow with ``M * T``. Same value as
     ``haepo_core.haepo_loss_from_logits(hidden @ weight.T + bias, ...)``.
 
+    Under autodiff (without ``axis_name``) the forward already forms the gradient of ``loss``
+    (5 GEMMs per chunk instead of 6; see ``_tokens.token_stats_from_hidden_fast``). The backward
+    reuses it when only ``loss`` is differentiated and recomputes exactly otherwise, so
+    ``weights`` and ``log_likelihood`` stay differentiable.
+
     Args:
       hidden: ``[M, T, H]`` floating hidden states (differentiable).
       weight: ``[V, H]`` LM-head weight (differentiable); bias: ``[V]`` or ``None``.
@@ -345,9 +387,27 @@ def haepo_loss_from_hidden(
     # its per-device partial gradients (see _collectives.vary).
     params = (vary(hidden, axis_name).reshape(m * t, h), vary(weight, axis_name),
               vary(bias, axis_name))
-    lp, ent, kl = token_stats_from_hidden(
-        params, actions.reshape(m * t), valid.reshape(m * t), refs, chunk
-    )
+    if axis_name is None:
+        # 5-GEMM path (see _tokens.token_stats_from_hidden_fast): the loss gradient is formed
+        # in the differentiated forward. Under a named axis the loss cotangents need
+        # collectives, so that case keeps the 6-GEMM path below.
+        aux = dict(
+            valid=valid, returns=returns, gidx=gidx,
+            ref_logp=None if ref_logp is None else lax.stop_gradient(ref_logp),
+            **{k: lax.stop_gradient(jnp.asarray(getattr(opts, k), cdt))
+               for k in ("entropy_coef", "kl_coef", "temperature", "eps")},
+        )
+        cot_fn = _LossCotangents(
+            opts.kl_estimator, opts.normalize_returns, bool(opts.length_normalize), int(num),
+            (m, t), ref_hidden is not None,
+        )
+        lp, ent, kl = token_stats_from_hidden_fast(
+            params, actions.reshape(m * t), valid.reshape(m * t), refs, aux, chunk, cot_fn
+        )
+    else:
+        lp, ent, kl = token_stats_from_hidden(
+            params, actions.reshape(m * t), valid.reshape(m * t), refs, chunk
+        )
     return _finish(
         lp, ent, None if ref_hidden is None else kl, valid=valid, ref_logp=ref_logp,
         returns=returns, gidx=gidx, num=num, opts=opts, axis_name=axis_name,

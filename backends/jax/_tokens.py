@@ -27,9 +27,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["token_stats_from_hidden", "token_stats_from_logits"]
+__all__ = [
+    "token_stats_from_hidden",
+    "token_stats_from_hidden_fast",
+    "token_stats_from_logits",
+]
 
 
 def _log_softmax(z: jax.Array) -> jax.Array:
@@ -59,12 +64,17 @@ def _stats(z: jax.Array, a: jax.Array, zr: jax.Array | None):
 
 def _dz(z, a, zr, g_lp, g_ent, g_kl):
     """Closed-form gradient of ``sum(g_lp*logp + g_ent*H + g_kl*KL)`` w.r.t. the chunk logits."""
+    return _kl_and_dz(z, a, zr, g_lp, g_ent, g_kl)[1]
+
+
+def _kl_and_dz(z, a, zr, g_lp, g_ent, g_kl):
+    """``(kl, dz)`` from one softmax: the KL rows (``None`` without ``zr``) and :func:`_dz`."""
     _, ent, kl, (p, lsm_f, diff_f) = _stats(z, a, zr)
     inner = -g_lp[:, None] - g_ent[:, None] * (lsm_f + ent[:, None])
     if zr is not None:
         inner = inner + g_kl[:, None] * (diff_f - kl[:, None])
     onehot = a[:, None] == jnp.arange(z.shape[-1], dtype=a.dtype)[None, :]
-    return jnp.where(onehot, g_lp[:, None], 0.0).astype(z.dtype) + p * inner
+    return kl, jnp.where(onehot, g_lp[:, None], 0.0).astype(z.dtype) + p * inner
 
 
 def _chunks(n: int, chunk: int) -> tuple[int, int]:
@@ -278,3 +288,125 @@ def _hidden_bwd(chunk, res, cts):
 
 
 token_stats_from_hidden.defvjp(_hidden_fwd, _hidden_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# From hidden states, 5 GEMMs per chunk instead of 6 (the gradient is formed in the forward)
+# ---------------------------------------------------------------------------------------------
+#
+# Why: under ``value_and_grad`` the path above projects the policy and the reference logits in
+# the forward, then projects both again in the backward before forming ``d hidden`` and
+# ``d weight``: 6 ``[c, H] x [H, V]``-sized GEMMs per chunk where a materializing
+# implementation runs 4. The cotangents the backward will receive for the loss are known in
+# the forward, though: ``dJ/dL_k`` has a closed form that needs only ``L`` (see
+# ``haepo_core._grad``) and the entropy/KL cotangents are ``-lambda/n`` and ``beta/n`` per
+# valid token. So the differentiated forward (the ``fwd`` rule, used only under autodiff)
+#   pass 1: projects the policy only -> logp, entropy (1 GEMM);
+#   asks ``cot_fn`` for the loss's cotangents ``g`` of (logp, entropy, kl) at those values;
+#   pass 2: projects policy and reference (2 GEMMs), computes the KL and the closed-form
+#           ``dz`` for ``g``, and accumulates ``G = (d hidden, d weight, d bias)`` (2 GEMMs).
+# The backward then checks that the cotangents it receives are ``s * g`` (true whenever only
+# ``loss`` is differentiated, with ``s`` the loss cotangent, 1 under ``grad``) and returns
+# ``s * G``; any other cotangent (``weights`` or ``log_likelihood`` differentiated too) takes
+# the exact 4-GEMM recomputation of :func:`_hidden_bwd`, so every output stays differentiable.
+# Without autodiff the primal rule is the plain 2-GEMM forward.
+
+
+def _proportional(cts, g, cdt):
+    """``(s, ok)``: ``ok`` when ``cts == s * g`` up to rounding (``g`` the expected ones)."""
+    dot = sum(jnp.sum(c.astype(cdt) * x) for c, x in zip(cts, g))
+    gg = sum(jnp.sum(x * x) for x in g)
+    s = jnp.where(gg > 0, dot / jnp.where(gg > 0, gg, 1), 0)
+    scale = jnp.max(jnp.stack([jnp.max(jnp.abs(c.astype(cdt)), initial=0) for c in cts]))
+    resid = jnp.max(jnp.stack([jnp.max(jnp.abs(c.astype(cdt) - s * x), initial=0)
+                               for c, x in zip(cts, g)]))
+    # 64 ulps of the largest cotangent: the two are the same computation, so a cotangent that is
+    # really s * g differs by rounding only; anything else takes the exact path.
+    ok = resid <= 64 * jnp.finfo(cdt).eps * scale
+    return s, ok & jnp.isfinite(s)
+
+
+def _float_zeros(tree):
+    """Zero cotangents for ``tree`` (``float0`` for integer/bool leaves)."""
+    def zero(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros_like(x)
+        return np.zeros(x.shape, dtype=jax.dtypes.float0)
+    return jax.tree_util.tree_map(zero, tree)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def token_stats_from_hidden_fast(params, actions, valid, refs, aux, chunk: int, cot_fn):
+    """As :func:`token_stats_from_hidden`, forming the loss gradient in the forward (5 GEMMs).
+
+    ``cot_fn(logp, entropy, aux) -> (g_lp, g_ent, g_kl)`` (static, hashable) gives the
+    cotangents that the loss sends to the three ``[N]`` outputs; ``aux`` (a pytree of arrays
+    it needs: returns, mask, coefficients...) is not differentiated through (the outputs do
+    not depend on it).
+    """
+    del aux, cot_fn
+    return _hidden_fwd(params, actions, valid, refs, chunk)[0]
+
+
+def _fast_fwd(params, actions, valid, refs, aux, chunk, cot_fn):
+    hidden, weight, bias = params
+    n, cdt = hidden.shape[0], _cdt(hidden.dtype)
+    inputs = (params, actions, valid, refs)
+    # Pass 1: policy logits only (the reference is not needed for dJ/dL or the entropy).
+    fn1 = lambda start, c: _hidden_chunk(params, actions, valid, None, start, c, cdt)[:4]
+    lp, ent, _ = _stats_forward(fn1, n, chunk, False, cdt, inputs)
+    g = tuple(lax.stop_gradient(x).astype(cdt) for x in cot_fn(lp, ent, aux))
+    c, n_chunks = _chunks(n, chunk)
+
+    def body(i, carry):
+        kl, dh, dw, db = carry
+        start = _start(i, n, c)
+        z, a, zr, v, h = _hidden_chunk(params, actions, valid, refs, start, c, cdt)
+        own = _owned(i, start, c) & v
+        gs = [_slice(x, start, c) for x in g]
+        k_c, dz = _kl_and_dz(z, a, zr, *gs)
+        dz = jnp.where(own[:, None], dz, 0)
+        if refs is not None:
+            kl = _add_rows(kl, start, jnp.where(own, k_c, 0))
+        dh = _add_rows(dh, start, lax.dot_general(
+            dz, weight.astype(cdt), (((1,), (0,)), ((), ())), preferred_element_type=cdt))
+        dw = dw + lax.dot_general(dz, h.astype(cdt), (((0,), (0,)), ((), ())),
+                                  preferred_element_type=cdt)
+        if db is not None:
+            db = db + jnp.sum(dz, axis=0)
+        return kl, dh, dw, db
+
+    z0 = _zero_from(cdt, inputs, g)
+    carry = (jnp.zeros((n,), cdt) + z0, jnp.zeros(hidden.shape, cdt) + z0,
+             jnp.zeros(weight.shape, cdt) + z0,
+             None if bias is None else jnp.zeros(bias.shape, cdt) + z0)
+    if n > 0:
+        carry = lax.fori_loop(0, n_chunks, body, carry)
+    kl, dh, dw, db = carry
+    return (lp, ent, kl), (inputs, g, (dh, dw, db), aux)
+
+
+def _fast_bwd(chunk, cot_fn, res, cts):
+    inputs, g, big_g, aux = res
+    (hidden, weight, bias), refs = inputs[0], inputs[3]
+    cdt = _cdt(hidden.dtype)
+    use = (0, 1, 2) if refs is not None else (0, 1)  # without refs the kl output is constant
+    s, ok = _proportional([cts[i] for i in use], [g[i] for i in use], cdt)
+
+    def cast(dh, dw, db):
+        return (dh.astype(hidden.dtype), dw.astype(weight.dtype),
+                None if bias is None else db.astype(bias.dtype))
+
+    def fast(_):
+        dh, dw, db = big_g
+        return cast(s * dh, s * dw, None if db is None else s * db)
+
+    def exact(_):
+        return _hidden_bwd(chunk, inputs, cts)[0]
+
+    grads = lax.cond(ok, fast, exact, None)
+    return grads, None, None, None, _float_zeros(aux)
+
+
+token_stats_from_hidden_fast.defvjp(_fast_fwd, _fast_bwd)

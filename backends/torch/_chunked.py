@@ -465,6 +465,14 @@ def _from_hidden_two_pass(
             return grad_walk(*walk_args, False)[2]
 
     assert ent_r is not None
-    out = finish(logp_r, ent_r.sum(), None if kl_r is None else kl_r.sum())
+    ent_sum, kl_sum = ent_r.sum(), None if kl_r is None else kl_r.sum()
+    out = finish(logp_r, ent_sum, kl_sum)
     loss = attach_gradients(out.loss, hidden, weight, bias, grads, recompute, process_group)
+    coefs = (opts.entropy_coef, opts.kl_coef, opts.temperature)
+    if any(isinstance(c, torch.Tensor) and c.requires_grad for c in coefs):
+        # Coefficients being differentiated: their gradient comes from the objective on the
+        # constant per-step values (value + 0; no path to hidden/weight/bias, which the stored
+        # gradients already cover).
+        by_coef = finish(logp_r.detach(), ent_sum, kl_sum).loss
+        loss = loss + (by_coef - by_coef.detach())
     return out._replace(loss=loss)
