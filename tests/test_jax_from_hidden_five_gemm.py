@@ -128,3 +128,43 @@ def test_proportionality_check():
     assert not bool(ok)
     s, ok = _tokens._proportional([jnp.zeros(3), jnp.zeros(3)], g, jnp.float64)
     assert bool(ok) and float(s) == 0.0  # zero cotangent: zero gradient, no recompute
+
+
+@pytest.mark.parametrize("chunk", [4, 30])
+def test_shared_head_projects_policy_and_reference_in_one_gemm_and_matches_core(
+    monkeypatch, chunk
+):
+    """ref_hidden without ref_weight: the reference uses the (constant) current head, and each
+    chunk projects policy and reference rows in one GEMM. Fast path, values and gradients."""
+    _nan_exact_backward(monkeypatch)
+    a = _data(seed=20 + chunk)
+    shapes = []
+    real_linear = _tokens._linear
+
+    def spy(h, w, b, cdt):
+        shapes.append(h.shape[0])
+        return real_linear(h, w, b, cdt)
+
+    monkeypatch.setattr(_tokens, "_linear", spy)
+
+    def mine(h, w, b):
+        return haepo_loss_from_hidden(
+            h, w, a["actions"], a["returns"], a["mask"], bias=b, ref_hidden=a["ref_hidden"],
+            group_ids=a["group_ids"], chunk_size=chunk, **KW,
+        ).loss
+
+    def core(h, w, b):
+        mask = a["mask"]
+        ref = jax.lax.stop_gradient(a["ref_hidden"] @ w.T + b)
+        return hc.haepo_loss_from_logits(
+            h @ w.T + b, jnp.where(mask, a["actions"], 0), a["returns"], mask,
+            group_ids=a["group_ids"], ref_logits=ref, **KW,
+        ).loss
+
+    np.testing.assert_allclose(mine(a["hidden"], a["weight"], a["bias"]),
+                               core(a["hidden"], a["weight"], a["bias"]), rtol=1e-12)
+    c = min(chunk, M * T)
+    assert 2 * c in shapes, f"no fused 2c-row projection traced (saw {sorted(set(shapes))})"
+    for name, x, y in zip(("hidden", "weight", "bias"), _grads(mine, a), _grads(core, a)):
+        assert np.all(np.isfinite(x)), name
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)

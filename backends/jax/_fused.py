@@ -388,6 +388,9 @@ def haepo_loss_from_hidden(
     params = (vary(hidden, axis_name).reshape(m * t, h), vary(weight, axis_name),
               vary(bias, axis_name))
     if axis_name is None:
+        if refs is not None and ref_weight is None:
+            # shared head: mark it so each chunk projects policy + reference in one GEMM
+            refs = (refs[0], None, None)
         # 5-GEMM path (see _tokens.token_stats_from_hidden_fast): the loss gradient is formed
         # in the differentiated forward. Under a named axis the loss cotangents need
         # collectives, so that case keeps the 6-GEMM path below.
