@@ -13,7 +13,7 @@
    (or the core on torch tensors when the torch backend does not import), in one run.
 
 Usage: ``python benchmarks/bench_jax.py [--quick] [--plot out.png]``.
-Targets (issue 5): (1) peak extra memory <= 0.2x naive at <= 1.3x its time; (2) flat in T;
+Targets: (1) peak extra memory <= 0.2x naive at <= 1.3x its time; (2) flat in T;
 (3) <= 1.2x the torch backend's time.
 """
 
@@ -113,8 +113,15 @@ def _hidden_problem(variant: str, m: int, t: int, v: int, h: int, chunk: int):
 
         def loss_fn(hd, w):
             return haepo_loss_from_hidden(
-                hd, w, actions, returns, ref_hidden=ref_hidden, group_ids=group_ids,
-                num_groups=num_groups, chunk_size=chunk, **coefs,
+                hd,
+                w,
+                actions,
+                returns,
+                ref_hidden=ref_hidden,
+                group_ids=group_ids,
+                num_groups=num_groups,
+                chunk_size=chunk,
+                **coefs,
             ).loss
 
     return loss_fn, hidden, weight
@@ -149,8 +156,9 @@ def _interleaved_worker(m: int, t: int, v: int, h: int, chunk: int, reps: int) -
     steps = {}
     for variant in ("naive", "fused"):
         loss_fn, hidden, weight = _hidden_problem(variant, m, t, v, h, chunk)
-        steps[variant] = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(
-            hidden, weight).compile()
+        steps[variant] = (
+            jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(hidden, weight).compile()
+        )
         jax.block_until_ready(steps[variant](hidden, weight))
     times: dict[str, list[float]] = {"naive": [], "fused": []}
     for _ in range(reps):
@@ -159,8 +167,11 @@ def _interleaved_worker(m: int, t: int, v: int, h: int, chunk: int, reps: int) -
             jax.block_until_ready(step(hidden, weight))
             times[variant].append(time.perf_counter() - t0)
     ratios = [f / n for f, n in zip(times["fused"], times["naive"])]
-    return {"naive_s": times["naive"], "fused_s": times["fused"],
-            "ratio_median": statistics.median(ratios)}
+    return {
+        "naive_s": times["naive"],
+        "fused_s": times["fused"],
+        "ratio_median": statistics.median(ratios),
+    }
 
 
 def _policy_worker(m: int, t: int, group: int, reps: int) -> dict:
@@ -224,7 +235,10 @@ def _run_worker(args: list[str]) -> dict:
     env = {**os.environ, **WORKER_ENV}
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", *args],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{proc.stderr[-3000:]}")
@@ -271,42 +285,63 @@ def main(argv: list[str] | None = None) -> int:
             # The memory-vs-T runs need one timed repeat only (their peak is what matters).
             n_rep = reps if tt == t else 1
             results.append(
-                _run_worker(["hidden", variant, str(mm), str(tt), str(v), str(h),
-                             str(args.chunk), str(n_rep)])
+                _run_worker(
+                    [
+                        "hidden",
+                        variant,
+                        str(mm),
+                        str(tt),
+                        str(v),
+                        str(h),
+                        str(args.chunk),
+                        str(n_rep),
+                    ]
+                )
             )
         elif kind == "interleaved":
-            inter = _run_worker(["interleaved", str(mm), str(tt), str(v), str(h),
-                                 str(args.chunk), str(reps)])
+            inter = _run_worker(
+                ["interleaved", str(mm), str(tt), str(v), str(h), str(args.chunk), str(reps)]
+            )
         else:
             policy = _run_worker(["policy", str(pm), str(pt), "8", str(max(reps, 5))])
 
     naive = results[0]
     fused = results[1]
-    print(f"\nFrom hidden, entropy + exact KL: M={m}, T={t}, V={v}, H={h}, float32, "
-          f"chunk={args.chunk}, jit(value_and_grad), CPU")
+    print(
+        f"\nFrom hidden, entropy + exact KL: M={m}, T={t}, V={v}, H={h}, float32, "
+        f"chunk={args.chunk}, jit(value_and_grad), CPU"
+    )
     print("| variant | compile s | steady s | peak extra MB | time ratio | memory ratio |")
     print("|---|---|---|---|---|---|")
     for r in (naive, fused):
-        print(f"| {r['variant']} | {r['compile_s']:.2f} | {r['steady_s']:.3f} | "
-              f"{r['peak_extra_mb']:.0f} | {r['steady_s'] / naive['steady_s']:.2f} | "
-              f"{r['peak_extra_mb'] / naive['peak_extra_mb']:.3f} |")
+        print(
+            f"| {r['variant']} | {r['compile_s']:.2f} | {r['steady_s']:.3f} | "
+            f"{r['peak_extra_mb']:.0f} | {r['steady_s'] / naive['steady_s']:.2f} | "
+            f"{r['peak_extra_mb'] / naive['peak_extra_mb']:.3f} |"
+        )
     print(f"loss naive {naive['loss']:.6f} vs fused {fused['loss']:.6f}")
-    print(f"interleaved in one process ({reps} alternating pairs): naive "
-          f"{statistics.median(inter['naive_s']):.3f} s, fused "
-          f"{statistics.median(inter['fused_s']):.3f} s, median ratio "
-          f"{inter['ratio_median']:.2f}")
+    print(
+        f"interleaved in one process ({reps} alternating pairs): naive "
+        f"{statistics.median(inter['naive_s']):.3f} s, fused "
+        f"{statistics.median(inter['fused_s']):.3f} s, median ratio "
+        f"{inter['ratio_median']:.2f}"
+    )
     tm = inter["ratio_median"] <= 1.3
     mm_ = fused["peak_extra_mb"] / naive["peak_extra_mb"] <= 0.2
-    print(f"targets: memory <= 0.2x naive: {'met' if mm_ else 'NOT met'}; "
-          f"time <= 1.3x naive (interleaved ratio): {'met' if tm else 'NOT met'}")
+    print(
+        f"targets: memory <= 0.2x naive: {'met' if mm_ else 'NOT met'}; "
+        f"time <= 1.3x naive (interleaved ratio): {'met' if tm else 'NOT met'}"
+    )
 
     flat = sorted([r for r in results if r["variant"] == "fused"], key=lambda r: r["T"])
     print(f"\nMemory vs T at chunk={args.chunk} (fused; d hidden = M*T*H*4 bytes grows with T)")
     print("| T | steady s | peak extra MB | d hidden MB | extra minus d hidden MB |")
     print("|---|---|---|---|---|")
     for r in flat:
-        print(f"| {r['T']} | {r['steady_s']:.3f} | {r['peak_extra_mb']:.0f} | "
-              f"{r['dhidden_mb']:.0f} | {r['peak_extra_mb'] - r['dhidden_mb']:.0f} |")
+        print(
+            f"| {r['T']} | {r['steady_s']:.3f} | {r['peak_extra_mb']:.0f} | "
+            f"{r['dhidden_mb']:.0f} | {r['peak_extra_mb'] - r['dhidden_mb']:.0f} |"
+        )
     lo = flat[0]["peak_extra_mb"] - flat[0]["dhidden_mb"]
     hi = flat[-1]["peak_extra_mb"] - flat[-1]["dhidden_mb"]
     print(f"extra beyond d hidden, T={flat[-1]['T']} vs T={flat[0]['T']}: {hi / lo:.2f}x")
@@ -316,15 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     if "torch_steady_s" in policy:
         ts = policy["torch_steady_s"]
-        print(f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
-              f"{policy['jax_steady_s'] * 1e3:.1f} ms | {policy['jax_steady_s'] / ts:.2f} |")
-        print(f"| {policy['torch_impl']} (eager, {policy['torch_threads']} threads) | - | "
-              f"{ts * 1e3:.1f} ms | 1.00 |")
+        print(
+            f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
+            f"{policy['jax_steady_s'] * 1e3:.1f} ms | {policy['jax_steady_s'] / ts:.2f} |"
+        )
+        print(
+            f"| {policy['torch_impl']} (eager, {policy['torch_threads']} threads) | - | "
+            f"{ts * 1e3:.1f} ms | 1.00 |"
+        )
         ok = policy["jax_steady_s"] / ts <= 1.2
         print(f"target <= 1.2x torch: {'met' if ok else 'NOT met'}")
     else:
-        print(f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
-              f"{policy['jax_steady_s'] * 1e3:.1f} ms | - |  ({policy['torch_impl']})")
+        print(
+            f"| jax jit haepo_loss | {policy['jax_compile_s']:.2f} | "
+            f"{policy['jax_steady_s'] * 1e3:.1f} ms | - |  ({policy['torch_impl']})"
+        )
 
     if args.plot:
         import matplotlib
@@ -335,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ts_ = [r["T"] for r in flat]
         ax.plot(ts_, [r["peak_extra_mb"] for r in flat], "o-", label="fused: peak extra")
-        ax.plot(ts_, [r["peak_extra_mb"] - r["dhidden_mb"] for r in flat], "s--",
-                label="fused: extra minus d hidden")
+        ax.plot(
+            ts_,
+            [r["peak_extra_mb"] - r["dhidden_mb"] for r in flat],
+            "s--",
+            label="fused: extra minus d hidden",
+        )
         ax.axhline(naive["peak_extra_mb"], color="r", ls=":", label=f"naive at T={t}")
         ax.set_xlabel("T (tokens per sequence)")
         ax.set_ylabel("MB")

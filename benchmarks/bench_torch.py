@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/bench_torch.py            # the shapes (several minutes on 2 cores)
+    python benchmarks/bench_torch.py            # the full shapes (several minutes on 2 cores)
     python benchmarks/bench_torch.py --quick    # small shapes: a smoke run of the script, its
-                                                # ratios are not the targets
+                                                # ratios are not the targets
     python benchmarks/bench_torch.py --only hidden logits --repeats 5 --plot out.png
 
 Time: every variant of a workload runs in this process, interleaved (rep 1 of each variant,
@@ -276,9 +276,7 @@ def _report(results: dict[str, Any]) -> list[str]:
         f = results["flat"]["memory"]
         ts = sorted(f)
         out.append("")
-        out.append(
-            f"### memory vs T (from-hidden, fixed chunk): {results['flat']['params']}"
-        )
+        out.append(f"### memory vs T (from-hidden, fixed chunk): {results['flat']['params']}")
         out.append("")
         out.append("| T | peak extra MiB | d hidden MiB | extra beyond d hidden MiB |")
         out.append("|---:|---:|---:|---:|")

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="run only these properties (names, globs such as 'invariance.*', or "
-        "issue numbers 1-8); repeatable",
+        "property numbers 1-10); repeatable",
     )
     p.add_argument(
         "--list",
@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if info["loaded"]:
             print(
                 f"  backend {info['name']}: {info['library']} {info['library_version']}, "
-                f"dtypes {info['dtypes']}, devices {info['devices']}, variants "
+                f"dtypes {info['dtypes']}, devices {info['devices']}, "
+                f"capabilities {info['capabilities']}, variants "
                 f"{info['variants'] or 'none'}"
             )
         else:

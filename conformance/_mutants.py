@@ -1,10 +1,12 @@
 """Deliberately broken backends: the proof that the suite catches wrong implementations.
 
 Each mutant wraps a correct backend and breaks one thing, in its value *and* consistently in
-its ``value_and_grad`` (the gradient of the broken objective, or the broken gradient of the
-right one), the way a real implementation would be wrong. ``caught_by`` names the property
-that must fail for it; tests/test_conformance_mutants.py checks that it does, and that the
-correct backends pass.
+its ``grad`` (the gradient of the broken objective, or the broken gradient of the right one),
+the way a real implementation would be wrong. ``caught_by`` names the property that must fail
+for it; tests/test_conformance_catches_mutants.py checks that it does, and that the correct
+backends pass. The mutants of the padded/packed losses wrap NumPy by default; those of the
+lean paths (from logits, from hidden) wrap the torch backend and break its loss in torch
+operations, so autograd differentiates the broken objective itself.
 
 Use one from the command line to see what a failure looks like::
 
@@ -18,6 +20,13 @@ Use one from the command line to see what a failure looks like::
 | global_softmax      | one softmax over the whole batch, not per group       | invariance.groups  |
 | no_logsumexp        | exp(L / tau) / sum exp(L / tau) without the max shift | extremes           |
 | entropy_sign        | adds the entropy bonus instead of subtracting it      | values             |
+| logits_entropy_sign | the same, in haepo_loss_from_logits                   | logits.values      |
+| logits_kl_detached  | from logits: right KL value, no KL gradient           | logits.kl          |
+| logits_chunk_bug    | from logits: the last partial chunk reads wrong rows  | logits.chunks      |
+| hidden_no_bias_grad | from hidden: no gradient reaches the bias             | hidden.gradient    |
+| silent_first_order  | declared second order, double backward is 0           | (*)                |
+
+(*) ``gradient.second_order``
 """
 
 from __future__ import annotations
@@ -31,15 +40,22 @@ import numpy as np
 import haepo_core
 from haepo_core import HAEPOOutput
 
+from ._boundary import LossFn, call_entry, stats_dict, to_backend, to_numpy
+
 __all__ = [
     "MUTANTS",
     "Mutant",
     "detached_weights",
     "entropy_sign",
     "global_softmax",
+    "hidden_no_bias_grad",
+    "logits_chunk_bug",
+    "logits_entropy_sign",
+    "logits_kl_detached",
     "ignores_mask",
     "no_logsumexp",
     "sample_std",
+    "silent_first_order",
 ]
 
 
@@ -74,27 +90,21 @@ class Mutant:
 
     bug = ""
     caught_by = ""
+    default_base = "numpy"
 
     def __init__(self, base: Any = None):
-        self.base = base if base is not None else haepo_core.load_backend("numpy")
+        self.base = base if base is not None else haepo_core.load_backend(self.default_base)
         self.name = f"{self.base.name}+{type(self).__name__}"
         self.xp = self.base.xp
         self.dtypes = tuple(self.base.dtypes)
-        self.devices = tuple(self.base.devices)
-        self.supports_packed = bool(self.base.supports_packed)
-        self.differentiable = tuple(self.base.differentiable)
+        self.devices = tuple(getattr(self.base, "devices", ("cpu",)))
+        self.chunked = bool(getattr(self.base, "chunked", False))
         self.library = getattr(self.base, "library", None) or self.base.xp.__name__.split(".")[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base!r})"
 
     # --- pass-through ------------------------------------------------------------------------
-    def asarray(self, x: Any, *, dtype: str | None = None, device: str | None = None) -> Any:
-        return self.base.asarray(x, dtype=dtype, device=device)
-
-    def to_numpy(self, x: Any) -> Any:
-        return self.base.to_numpy(x)
-
     def variants(self) -> Mapping[str, Any]:
         return {}
 
@@ -106,37 +116,45 @@ class Mutant:
     ) -> HAEPOOutput:
         return self.base.haepo_loss_packed(logp, segment_ids, returns, **kw)
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        return self.base.value_and_grad(inputs, **kw)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        """Autodiff bases differentiate the mutant's own (broken) loss; the closed-form NumPy
+        base differentiates the correct one, so subclasses patch its result."""
+        return self.base.grad(fn, args, wrt)
 
     # --- helpers -----------------------------------------------------------------------------
     def _np(self, x: Any) -> np.ndarray:
-        return np.asarray(self.base.to_numpy(x))
+        return np.asarray(to_numpy(x))
 
     def _back(self, x: np.ndarray, like: Any) -> Any:
-        return self.base.asarray(np.asarray(x, np.float64), dtype=_dtype_name(like))
+        return to_backend(self.base, np.asarray(x, np.float64), _dtype_name(like))
 
-    def _loss_from_inputs(
-        self, inputs: Mapping[str, Any], packed: bool, dtype: str, kw: Mapping[str, Any]
-    ) -> HAEPOOutput:
-        args = {
-            k: self.base.asarray(
-                np.asarray(v), dtype=dtype if np.asarray(v).dtype.kind == "f" else None
-            )
-            for k, v in inputs.items()
-        }
-        if packed:
-            return self.haepo_loss_packed(
-                args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **kw
-            )
-        return self.haepo_loss(
-            args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **kw
-        )
+    def _base_grad(
+        self,
+        fn: Any,
+        args: Mapping[str, Any],
+        wrt: Any,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, dict]:
+        """The base's gradient of the same entry point (other options if given)."""
+        opts = dict(fn.options if options is None else options)
+        return self.base.grad(LossFn(self.base, fn.entry, opts), args, wrt)
 
-    @staticmethod
-    def _split(kw: Mapping[str, Any]) -> tuple[dict, dict]:
-        call = {k: kw[k] for k in ("wrt", "packed", "dtype", "device") if k in kw}
-        return call, {k: v for k, v in kw.items() if k not in call}
+    def _valid_and_counts(self, fn: Any, args: Mapping[str, Any]) -> tuple[Any, np.ndarray]:
+        """(validity mask [M, T] or the segment ids [N], steps per trajectory)."""
+        m = int(args["returns"].shape[0])
+        if fn.entry == "haepo_loss_packed":
+            seg = self._np(args["segment_ids"])
+            return seg, np.bincount(seg, minlength=m).astype(np.float64)
+        shape = tuple(args["logp"].shape)
+        mask = args.get("mask")
+        valid = np.ones(shape, bool) if mask is None else self._np(mask) != 0
+        return valid, valid.sum(axis=1).astype(np.float64)
+
+    def _spread(self, fn: Any, per_traj: np.ndarray, where: Any) -> np.ndarray:
+        """A per-trajectory quantity on every step it covers (packed or padded)."""
+        if fn.entry == "haepo_loss_packed":
+            return per_traj[where]
+        return where * per_traj[:, None]
 
 
 class IgnoresMask(Mutant):
@@ -148,8 +166,8 @@ class IgnoresMask(Mutant):
     def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
         return self.base.haepo_loss(logp, returns, None, **kw)
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        return self.base.value_and_grad({k: v for k, v in inputs.items() if k != "mask"}, **kw)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        return self._base_grad(fn, {k: v for k, v in args.items() if k != "mask"}, wrt)
 
 
 class DetachedWeights(Mutant):
@@ -159,27 +177,15 @@ class DetachedWeights(Mutant):
     bug = "treats the softmax weights as constants in backward"
     caught_by = "gradient"
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        call, opts = self._split(kw)
-        loss, grads = self.base.value_and_grad(inputs, **kw)
-        packed = bool(call.get("packed", False))
-        out = self._loss_from_inputs(inputs, packed, call.get("dtype", "float64"), opts)
-        w, r_norm = (
-            self._np(out.weights).astype(np.float64),
-            self._np(out.normalized_returns).astype(np.float64),
-        )
-        m = w.shape[0]
-        gidx, num = _groups(inputs.get("group_ids"), m)
-        if packed:
-            seg = np.asarray(inputs["segment_ids"])
-            n_k = np.bincount(seg, minlength=m).astype(np.float64)
-        else:
-            valid = (
-                np.ones(np.shape(inputs["logp"]), bool)
-                if inputs.get("mask") is None
-                else np.asarray(inputs["mask"]) != 0
-            )
-            n_k = valid.sum(axis=1).astype(np.float64)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        loss, grads = self._base_grad(fn, args, wrt)
+        opts = fn.options
+        out = call_entry(self.base, fn.entry, args, opts)
+        w = self._np(out.weights).astype(np.float64)
+        r_norm = self._np(out.normalized_returns).astype(np.float64)
+        gids = args.get("group_ids")
+        gidx, num = _groups(None if gids is None else self._np(gids), w.shape[0])
+        where, n_k = self._valid_and_counts(fn, args)
         d_l = _policy_dl(
             w,
             r_norm,
@@ -189,9 +195,8 @@ class DetachedWeights(Mutant):
             n_k if opts.get("length_normalize", False) else None,
         )
         if "logp" in grads:
-            g = np.asarray(grads["logp"], np.float64)
-            g = g - (d_l[seg] if packed else valid * d_l[:, None])
-            grads = {**grads, "logp": g.astype(np.asarray(grads["logp"]).dtype)}
+            g = self._np(grads["logp"]).astype(np.float64) - self._spread(fn, d_l, where)
+            grads = {**grads, "logp": self._back(g, args["logp"])}
         return loss, grads
 
 
@@ -226,7 +231,7 @@ def _raw_weighted_return(
     r = mutant._np(returns).astype(np.float64)
     w = mutant._np(out.weights).astype(np.float64)
     _, num = _groups(None if group_ids is None else mutant._np(group_ids), r.shape[0])
-    stats = dict(out.stats)
+    stats = stats_dict(out.stats)
     stats["weighted_return"] = mutant._back(np.asarray(np.sum(w * r) / num), out.loss)
     stats["num_groups"] = mutant._back(np.asarray(float(num)), out.loss)
     return out._replace(stats=stats)
@@ -262,16 +267,10 @@ class SampleStd(Mutant):
         out = self.base.haepo_loss_packed(logp, segment_ids, fixed, **kw2)
         return self._stats(out, returns, kw.get("group_ids"))
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        if kw.get("normalize_returns", "zscore") == "zscore" and _well_formed(
-            np.asarray(inputs["returns"]), inputs.get("group_ids")
-        ):
-            r = _ddof1(
-                np.asarray(inputs["returns"]), inputs.get("group_ids"), float(kw.get("eps", 1e-8))
-            )
-            inputs = {**inputs, "returns": r}
-            kw = {**kw, "normalize_returns": "none"}
-        return self.base.value_and_grad(inputs, **kw)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        gids = args.get("group_ids")
+        fixed, opts = self._fix(args["returns"], gids, dict(fn.options), args["logp"])
+        return self._base_grad(fn, {**args, "returns": fixed}, wrt, opts)
 
 
 class GlobalSoftmax(Mutant):
@@ -313,13 +312,15 @@ class GlobalSoftmax(Mutant):
         out = self.base.haepo_loss_packed(logp, segment_ids, self._back(r, logp), **kw2)
         return _raw_weighted_return(self, out, returns, gids)
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        if not _well_formed(np.asarray(inputs["returns"]), inputs.get("group_ids")):
-            return self.base.value_and_grad(inputs, **kw)
-        call, opts = self._split(kw)
-        r, opts = self._global(np.asarray(inputs["returns"]), inputs.get("group_ids"), opts)
-        inputs = {k: v for k, v in inputs.items() if k != "group_ids"}
-        return self.base.value_and_grad({**inputs, "returns": r}, **call, **opts)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        gids = args.get("group_ids")
+        gnp = None if gids is None else self._np(gids)
+        returns = self._np(args["returns"])
+        if not _well_formed(returns, gnp):
+            return self._base_grad(fn, args, wrt)
+        r, opts = self._global(returns, gnp, dict(fn.options))
+        rest = {k: v for k, v in args.items() if k != "group_ids"}
+        return self._base_grad(fn, {**rest, "returns": self._back(r, args["logp"])}, wrt, opts)
 
 
 class NoLogSumExp(Mutant):
@@ -346,9 +347,9 @@ class NoLogSumExp(Mutant):
         w, r_norm, _, num = self._naive(out, group_ids, kw)
         with np.errstate(all="ignore"):
             policy = -float(np.sum(w * r_norm)) / num
-        base_policy = float(self._np(out.stats["policy_loss"]))
+        base_policy = float(self._np(stats_dict(out.stats)["policy_loss"]))
         loss = float(self._np(out.loss)) - base_policy + policy
-        stats = dict(out.stats)
+        stats = stats_dict(out.stats)
         stats["policy_loss"] = self._back(np.asarray(policy), out.loss)
         return HAEPOOutput(
             self._back(np.asarray(loss), out.loss),
@@ -370,52 +371,30 @@ class NoLogSumExp(Mutant):
         gids = kw.get("group_ids")
         return self._patch(out, None if gids is None else self._np(gids), kw)
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        call, opts = self._split(kw)
-        loss, grads = self.base.value_and_grad(inputs, **kw)
-        packed = bool(call.get("packed", False))
-        out = self.base.haepo_loss_packed if packed else None
-        args = {
-            k: self.base.asarray(
-                np.asarray(v),
-                dtype=call.get("dtype", "float64") if np.asarray(v).dtype.kind == "f" else None,
-            )
-            for k, v in inputs.items()
-        }
-        if packed:
-            out = self.base.haepo_loss_packed(
-                args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **opts
-            )
-        else:
-            out = self.base.haepo_loss(
-                args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **opts
-            )
-        w, r_norm, gidx, num = self._naive(out, inputs.get("group_ids"), opts)
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        opts = fn.options
+        loss, grads = self._base_grad(fn, args, wrt)
+        out = call_entry(self.base, fn.entry, args, opts)
+        gids = args.get("group_ids")
+        w, r_norm, gidx, num = self._naive(out, None if gids is None else self._np(gids), opts)
         w0 = self._np(out.weights).astype(np.float64)
         tau = float(opts.get("temperature", 1.0))
-        m = w.shape[0]
-        if packed:
-            seg = np.asarray(inputs["segment_ids"])
-            n_k = np.bincount(seg, minlength=m).astype(np.float64)
-        else:
-            valid = (
-                np.ones(np.shape(inputs["logp"]), bool)
-                if inputs.get("mask") is None
-                else np.asarray(inputs["mask"]) != 0
-            )
-            n_k = valid.sum(axis=1).astype(np.float64)
+        where, n_k = self._valid_and_counts(fn, args)
         ln = n_k if opts.get("length_normalize", False) else None
         with np.errstate(all="ignore"):
             change = _policy_dl(w, r_norm, gidx, num, tau, ln) - _policy_dl(
                 w0, r_norm, gidx, num, tau, ln
             )
             policy = -float(np.sum(w * r_norm)) / num
-            loss = float(loss) - float(self._np(out.stats["policy_loss"])) + policy
+            value = (
+                float(self._np(loss))
+                - float(self._np(stats_dict(out.stats)["policy_loss"]))
+                + policy
+            )
             if "logp" in grads:
-                g = np.asarray(grads["logp"], np.float64)
-                g = g + (change[seg] if packed else valid * change[:, None])
-                grads = {**grads, "logp": g.astype(np.asarray(grads["logp"]).dtype)}
-        return loss, grads
+                g = self._np(grads["logp"]).astype(np.float64) + self._spread(fn, change, where)
+                grads = {**grads, "logp": self._back(g, args["logp"])}
+        return self._back(np.asarray(value), args["logp"]), grads
 
 
 class EntropySign(Mutant):
@@ -428,7 +407,7 @@ class EntropySign(Mutant):
     def _flip(self, out: HAEPOOutput, kw: Mapping[str, Any]) -> HAEPOOutput:
         coef = float(kw.get("entropy_coef", 0.0))
         loss = self._np(out.loss).astype(np.float64) + 2.0 * coef * self._np(
-            out.stats["entropy"]
+            stats_dict(out.stats)["entropy"]
         ).astype(np.float64)
         return out._replace(loss=self._back(loss, out.loss))
 
@@ -440,21 +419,143 @@ class EntropySign(Mutant):
     ) -> HAEPOOutput:
         return self._flip(self.base.haepo_loss_packed(logp, segment_ids, returns, **kw), kw)
 
-    def value_and_grad(self, inputs: Mapping[str, Any], **kw: Any) -> tuple[float, dict]:
-        call, opts = self._split(kw)
-        loss, grads = self.base.value_and_grad(inputs, **kw)
-        coef = float(opts.get("entropy_coef", 0.0))
-        if inputs.get("entropy") is not None and coef:
-            valid = (
-                np.ones(np.shape(inputs["logp"]), bool)
-                if call.get("packed") or inputs.get("mask") is None
-                else np.asarray(inputs["mask"]) != 0
-            )
-            ent = np.where(valid, np.asarray(inputs["entropy"], np.float64), 0.0)
-            loss = float(loss) + 2.0 * coef * float(ent.sum() / valid.sum())
+    def grad(self, fn: Any, args: Mapping[str, Any], wrt: Any) -> tuple[Any, dict]:
+        loss, grads = self._base_grad(fn, args, wrt)
+        coef = float(fn.options.get("entropy_coef", 0.0))
+        if args.get("entropy") is not None and coef:
+            where, _ = self._valid_and_counts(fn, args)
+            ent = self._np(args["entropy"]).astype(np.float64)
+            if fn.entry != "haepo_loss_packed":
+                ent = np.where(where, ent, 0.0)
+            n = ent.size if fn.entry == "haepo_loss_packed" else where.sum()
+            value = float(self._np(loss)) + 2.0 * coef * float(ent.sum() / n)
+            loss = self._back(np.asarray(value), args["logp"])
         if "entropy" in grads:
-            grads = {**grads, "entropy": -np.asarray(grads["entropy"])}
+            grads = {**grads, "entropy": self._back(-self._np(grads["entropy"]), args["entropy"])}
         return loss, grads
+
+
+class _LeanMutant(Mutant):
+    """A lean-path mutant: wraps the torch backend (any backend with the lean paths and an
+    autodiff ``grad``), breaks its loss with the base's own differentiable operations."""
+
+    default_base = "torch"
+
+    def haepo_loss_from_logits(
+        self, logits: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        return self.base.haepo_loss_from_logits(logits, actions, returns, mask, **kw)
+
+    def haepo_loss_from_hidden(
+        self, hidden: Any, weight: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        return self.base.haepo_loss_from_hidden(hidden, weight, actions, returns, mask, **kw)
+
+
+class LogitsEntropySign(_LeanMutant):
+    """From logits: adds the entropy bonus instead of subtracting it. The loss with and
+    without the bonus differ by ``-coef * H`` (differentiable): it returns the other sign."""
+
+    bug = "from logits: adds the entropy bonus instead of subtracting it"
+    caught_by = "logits.values"
+
+    def haepo_loss_from_logits(
+        self, logits: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        out = self.base.haepo_loss_from_logits(logits, actions, returns, mask, **kw)
+        if not kw.get("entropy_coef"):
+            return out
+        plain = self.base.haepo_loss_from_logits(
+            logits, actions, returns, mask, **{**kw, "entropy_coef": 0.0}
+        )
+        return out._replace(loss=2 * plain.loss - out.loss)
+
+
+class LogitsKLDetached(_LeanMutant):
+    """From logits: the KL penalty's value is right but no gradient flows through it."""
+
+    bug = "from logits: right KL value, no KL gradient"
+    caught_by = "logits.kl"
+
+    def haepo_loss_from_logits(
+        self, logits: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        out = self.base.haepo_loss_from_logits(logits, actions, returns, mask, **kw)
+        if not kw.get("kl_coef"):
+            return out
+        rest = {k: v for k, v in kw.items() if k not in ("ref_logits", "ref_logp")}
+        plain = self.base.haepo_loss_from_logits(
+            logits, actions, returns, mask, **{**rest, "kl_coef": 0.0}
+        )
+        return out._replace(loss=plain.loss + (out.loss - plain.loss).detach())
+
+
+class LogitsChunkBug(_LeanMutant):
+    """From logits with ``chunk_size``: the last, partial chunk of the flattened tokens reads
+    the rows just before it (an offset bug of the overlapping last block)."""
+
+    bug = "from logits: the last partial chunk reads wrong rows"
+    caught_by = "logits.chunks"
+
+    def haepo_loss_from_logits(
+        self, logits: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        c = kw.get("chunk_size")
+        m, t, v = (int(d) for d in logits.shape)
+        n = m * t
+        if c is not None and n % c and n > c:
+            import torch
+
+            start = (n // c) * c
+            idx = torch.arange(n, device=logits.device)
+            idx[start:] -= n - start
+            logits = logits.reshape(n, v)[idx].reshape(m, t, v)
+        return self.base.haepo_loss_from_logits(logits, actions, returns, mask, **kw)
+
+
+class HiddenNoBiasGrad(_LeanMutant):
+    """From hidden: the right value, but the LM-head bias gets no gradient."""
+
+    bug = "from hidden: no gradient reaches the bias"
+    caught_by = "hidden.gradient"
+
+    def haepo_loss_from_hidden(
+        self, hidden: Any, weight: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> HAEPOOutput:
+        if kw.get("bias") is not None:
+            kw = {**kw, "bias": kw["bias"].detach()}
+        return self.base.haepo_loss_from_hidden(hidden, weight, actions, returns, mask, **kw)
+
+
+class SilentFirstOrder(_LeanMutant):
+    """Declares exact second derivatives for ``haepo_loss``, but its custom backward detaches
+    what it returns: the value and gradient are right, every second derivative is silently
+    0 (the bug ``once_differentiable`` exists to turn into an error)."""
+
+    bug = "custom backward detaches its result: second derivatives silently 0"
+    caught_by = "gradient.second_order"
+    second_order = ("haepo_loss",)
+
+    def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
+        return haepo_core.haepo_loss(_detaching_identity(logp), returns, mask, **kw)
+
+    def hvp(self, fn: Any, args: Mapping[str, Any], wrt: Any, vectors: Any) -> dict:
+        return self.base.hvp(fn, args, wrt, vectors)
+
+
+def _detaching_identity(x: Any) -> Any:
+    import torch
+
+    class _Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, y: Any) -> Any:
+            return y.view_as(y)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad.detach()
+
+    return _Identity.apply(x) if x.requires_grad else x
 
 
 #: name -> mutant class (call it with a correct backend to wrap; numpy by default)
@@ -465,6 +566,11 @@ MUTANTS: dict[str, type[Mutant]] = {
     "global_softmax": GlobalSoftmax,
     "no_logsumexp": NoLogSumExp,
     "entropy_sign": EntropySign,
+    "logits_entropy_sign": LogitsEntropySign,
+    "logits_kl_detached": LogitsKLDetached,
+    "logits_chunk_bug": LogitsChunkBug,
+    "hidden_no_bias_grad": HiddenNoBiasGrad,
+    "silent_first_order": SilentFirstOrder,
 }
 
 
@@ -491,3 +597,24 @@ def no_logsumexp() -> Mutant:
 
 def entropy_sign() -> Mutant:
     return EntropySign()
+
+
+def logits_entropy_sign() -> Mutant:
+    """The torch backend with :class:`LogitsEntropySign`."""
+    return LogitsEntropySign()
+
+
+def logits_kl_detached() -> Mutant:
+    return LogitsKLDetached()
+
+
+def logits_chunk_bug() -> Mutant:
+    return LogitsChunkBug()
+
+
+def hidden_no_bias_grad() -> Mutant:
+    return HiddenNoBiasGrad()
+
+
+def silent_first_order() -> Mutant:
+    return SilentFirstOrder()

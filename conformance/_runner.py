@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 import haepo_core
 
-from ._properties import PROPERTIES, Context, Property
+from ._boundary import ENTRY_ARGS, has_entry
+from ._properties import PROPERTIES, Context, Property, variants_of
 
 __all__ = [
     "BackendEntry",
@@ -86,6 +87,20 @@ def _library_of(backend: Any) -> str:
     return name.split(".")[0] or "unknown"
 
 
+def devices_of(backend: Any) -> tuple[str, ...]:
+    """``backend.devices`` (optional: ``("cpu",)`` when absent)."""
+    return tuple(getattr(backend, "devices", ("cpu",)))
+
+
+def capabilities(backend: Any) -> list[str]:
+    """The optional parts of the protocol the backend implements."""
+    names = [e for e in ENTRY_ARGS if has_entry(backend, e)]
+    names += [n for n in ("grad", "hvp") if callable(getattr(backend, n, None))]
+    if getattr(backend, "chunked", False):
+        names.append("chunked")
+    return names
+
+
 def backend_info(entry: BackendEntry) -> dict[str, Any]:
     """What the report header says about a backend: name, library and its version."""
     b = entry.backend
@@ -109,10 +124,12 @@ def backend_info(entry: BackendEntry) -> dict[str, Any]:
         library=lib,
         library_version=str(version),
         dtypes=list(b.dtypes),
-        devices=list(b.devices),
-        supports_packed=bool(b.supports_packed),
-        differentiable=list(b.differentiable),
-        variants=sorted(dict(b.variants())),
+        devices=list(devices_of(b)),
+        capabilities=capabilities(b),
+        second_order=list(getattr(b, "second_order", ()) or ())
+        if callable(getattr(b, "hvp", None))
+        else [],
+        variants=sorted(variants_of(b)),
     )
     return info
 
@@ -196,8 +213,8 @@ def run_property(
     skip = None
     if unsupported:
         skip = f"dtype(s) {unsupported} not in backend.dtypes {tuple(backend.dtypes)}"
-    elif cfg.device is not None and cfg.device not in tuple(backend.devices):
-        skip = f"device {cfg.device!r} not in backend.devices {tuple(backend.devices)}"
+    elif cfg.device is not None and cfg.device not in devices_of(backend):
+        skip = f"device {cfg.device!r} not in backend.devices {devices_of(backend)}"
     else:
         ctx = Context(dtypes=dtypes, device=cfg.device, vectors_dir=cfg.vectors_dir)
         skip = prop.applies(backend, ctx)

@@ -1,8 +1,10 @@
 """Golden vectors: JSON cases computed in float64 by ``haepo_core`` on NumPy.
 
-The file format (one case per ``<name>.json``) is the shared contract of
-``.notes/VECTORS_FORMAT.md`` and of docs/conformance.md: arrays are ``{"dtype", "shape", "data"}``
-objects, non-finite floats are the strings ``"nan"``, ``"inf"`` and ``"-inf"``.
+The file format (one case per ``<name>.json``, described in docs/conformance.md): top-level
+keys ``name``, ``function`` (``haepo_loss`` or ``haepo_loss_packed``), ``inputs``, ``options``
+(the seven loss keywords), ``expected`` and ``tolerance`` (``rtol``, ``atol``); arrays are
+``{"dtype", "shape", "data"}`` objects, non-finite floats are the strings ``"nan"``, ``"inf"``
+and ``"-inf"``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from ._backend import (
 )
 from ._grad import haepo_grad
 from ._likelihood import trajectory_log_likelihood
-from ._loss import HAEPOOutput, haepo_loss, haepo_loss_from_logits, haepo_loss_packed
+from ._loss import HAEPOOutput, HAEPOStats, haepo_loss, haepo_loss_from_logits, haepo_loss_packed
 from ._regularizers import entropy_from_logits, kl_estimate, kl_from_logits
 from ._returns import normalize_returns
 from ._validation import KL_ESTIMATORS, NORMALIZATIONS
@@ -31,6 +31,7 @@ __all__ = [
     "ArrayAPIBackend",
     "Backend",
     "HAEPOOutput",
+    "HAEPOStats",
     "__version__",
     "effective_sample_size",
     "entropy_from_logits",

@@ -1,19 +1,21 @@
 """The ``Backend`` protocol: what an implementation of HAEPO exposes to the conformance suite.
 
-A backend is any object with the attributes and methods of :class:`Backend`. Backends are
-registered under the entry-point group ``haepo.backends`` (the object, or a zero-argument
-factory returning it) and found by :func:`list_backends` / :func:`load_backend`. Listing reads
-package metadata only: no framework is imported until a backend is loaded.
+A backend is any object with the attributes of :class:`Backend`: a name, its array namespace,
+the dtypes it supports and its loss function(s). The conformance suite does everything else
+once for every backend: it turns its NumPy examples into the backend's arrays (the namespace's
+``asarray`` with the dtype and device under test), calls the loss functions, reads the results
+back through DLPack, and builds packed inputs from padded ones. For gradients a backend supplies
+at most one tiny autodiff primitive, ``grad``.
 
-The suite speaks NumPy at the boundary: it hands a backend NumPy arrays, the backend converts
-them (``asarray``), runs, and gives NumPy back (``to_numpy``), so one set of Hypothesis
-strategies drives every library.
+Backends are registered under the entry-point group ``haepo.backends`` (the object, or a
+zero-argument factory returning it) and found by :func:`list_backends` / :func:`load_backend`.
+Listing reads package metadata only: no framework is imported until a backend is loaded.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,109 +32,67 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "haepo.backends"
 
-#: Float inputs a backend converts to the requested dtype; everything else keeps its kind.
-FLOAT_INPUTS = ("logp", "returns", "entropy", "ref_logp", "logits", "ref_logits")
-
 
 @runtime_checkable
 class Backend(Protocol):
     """What a HAEPO backend provides.
 
-    Attributes:
+    Required:
       name: short unique name (``"numpy"``, ``"torch"``, ``"my_lib"``...).
-      xp: its array namespace (``array_api_compat.array_namespace`` of its arrays).
+      xp: the array namespace of its arrays (anything with the array API ``asarray(x, dtype=,
+        device=)``, dtype attributes such as ``xp.float32``, and arrays that support DLPack).
       dtypes: float dtype names it supports, e.g. ``("float32", "float64")``.
-      devices: device names it supports, e.g. ``("cpu",)`` or ``("cpu", "cuda")``.
-      supports_packed: whether :meth:`haepo_loss_packed` is implemented.
-      differentiable: inputs :meth:`value_and_grad` can differentiate, at least ``("logp",)``.
-      version (optional, not part of the runtime check): a version string the conformance
-        report shows; without it the report shows the version of the library behind ``xp``.
-
-    Methods:
-      asarray(x, dtype=None, device=None): NumPy -> backend array. Float arrays take ``dtype``
-        (a name such as ``"float32"``); integer and bool arrays keep their kind.
-      to_numpy(x): backend array -> NumPy.
       haepo_loss(logp, returns, mask=None, **kw) -> HAEPOOutput: as ``haepo_core.haepo_loss``.
+
+    Optional (each one the suite finds is checked; a missing one skips its properties):
+      devices: device names it supports (default ``("cpu",)``).
       haepo_loss_packed(logp, segment_ids, returns, **kw) -> HAEPOOutput.
-      value_and_grad(inputs, *, wrt=("logp",), packed=False, dtype="float64", device=None,
-        **kw) -> (loss: float, grads: dict[str, np.ndarray]): the loss and its gradient with
-        respect to the named inputs, ``inputs`` being a dict of NumPy arrays named as the loss
-        arguments (``logp``, ``returns``, ``mask``, ``group_ids``, ``entropy``, ``ref_logp``,
-        or ``segment_ids`` when ``packed``). This is the autodiff glue under test.
+      haepo_loss_from_logits(logits, actions, returns, mask=None, *, ref_logits=None,
+        ref_logp=None, **kw) -> HAEPOOutput: as ``haepo_core.haepo_loss_from_logits``.
+      haepo_loss_from_hidden(hidden, weight, actions, returns, mask=None, *, bias=None,
+        ref_hidden=None, ref_weight=None, ref_bias=None, ref_logp=None, **kw) -> HAEPOOutput:
+        the from-logits loss on ``logits = hidden @ weight.T + bias``.
+      chunked: True when the two functions above accept ``chunk_size=`` (tokens per block).
+      grad(fn, args, wrt) -> (value, grads): the autodiff primitive. ``fn(args)`` returns a
+        0-d array, ``args`` is a dict of the backend's arrays, ``wrt`` names the float entries
+        to differentiate; it returns ``fn(args)`` and a dict of gradients (arrays shaped like
+        the inputs). With torch: ``torch.autograd.grad``; with JAX: ``jax.value_and_grad``.
+        ``fn`` also has the attributes ``entry`` (the method it calls) and ``options`` (the
+        keywords), so a library without autodiff can use a closed form (the core on NumPy
+        does). Without ``grad`` the gradient properties are skipped.
+      hvp(fn, args, wrt, vectors) -> dict: the Hessian-vector product (``vectors`` shaped like
+        the ``wrt`` inputs), and second_order: the entry points whose second derivatives are
+        exact. Custom backwards that refuse a second derivative simply do not declare it.
       variants() -> Mapping[str, Backend]: other execution modes of the same backend that must
-        agree with it (``"jit"``, ``"compile"``, ``"chunked"``...); may be empty.
+        agree with it (``"jit"``, ``"compile"``, ``"chunked"``...).
+      version: a version string the conformance report shows (default: the library's).
     """
 
     name: str
     xp: Any
     dtypes: tuple[str, ...]
-    devices: tuple[str, ...]
-    supports_packed: bool
-    differentiable: tuple[str, ...]
-
-    def asarray(self, x: Any, *, dtype: str | None = None, device: str | None = None) -> Any: ...
-
-    def to_numpy(self, x: Any) -> Any: ...
 
     def haepo_loss(
         self, logp: Any, returns: Any, mask: Any = None, **kwargs: Any
     ) -> HAEPOOutput: ...
 
-    def haepo_loss_packed(
-        self, logp: Any, segment_ids: Any, returns: Any, **kwargs: Any
-    ) -> HAEPOOutput: ...
-
-    def value_and_grad(
-        self,
-        inputs: Mapping[str, Any],
-        *,
-        wrt: Sequence[str] = ("logp",),
-        packed: bool = False,
-        dtype: str = "float64",
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> tuple[float, dict[str, Any]]: ...
-
-    def variants(self) -> Mapping[str, Backend]: ...
-
 
 class ArrayAPIBackend:
     """The core (``haepo_core``) run on an array library without autodiff (NumPy,
-    array-api-strict). Its ``value_and_grad`` uses the closed form of :func:`haepo_grad`.
+    array-api-strict). Its ``grad`` is the closed form of :func:`haepo_grad`, for the suite's
+    calls of ``haepo_loss`` and ``haepo_loss_packed`` (it reads their ``entry`` and
+    ``options``).
     """
 
-    supports_packed = True
-    differentiable = ("logp", "entropy")
     devices: tuple[str, ...] = ("cpu",)
 
     def __init__(self, name: str, module: str, dtypes: tuple[str, ...] = ("float32", "float64")):
         self.name = name
-        self._module = module
         self.dtypes = dtypes
         self.xp = importlib.import_module(module)
 
     def __repr__(self) -> str:
         return f"ArrayAPIBackend({self.name!r})"
-
-    def asarray(self, x: Any, *, dtype: str | None = None, device: str | None = None) -> Any:
-        import numpy as np
-
-        x = np.asarray(x)
-        if dtype is not None and x.dtype.kind == "f":
-            x = x.astype(dtype)
-        if self._module == "numpy":
-            return x
-        return self.xp.asarray(x)
-
-    def to_numpy(self, x: Any) -> Any:
-        import numpy as np
-
-        if self._module == "numpy":
-            return np.asarray(x)
-        try:
-            return np.from_dlpack(x)
-        except (TypeError, BufferError, AttributeError):  # pragma: no cover - old versions
-            return np.asarray(x)
 
     def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kwargs: Any) -> HAEPOOutput:
         return haepo_loss(logp, returns, mask, **kwargs)
@@ -142,54 +102,54 @@ class ArrayAPIBackend:
     ) -> HAEPOOutput:
         return haepo_loss_packed(logp, segment_ids, returns, **kwargs)
 
-    def value_and_grad(
-        self,
-        inputs: Mapping[str, Any],
-        *,
-        wrt: Sequence[str] = ("logp",),
-        packed: bool = False,
-        dtype: str = "float64",
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> tuple[float, dict[str, Any]]:
-        import numpy as np
-
-        bad = [w for w in wrt if w not in self.differentiable]
+    def grad(
+        self, fn: Callable[[Mapping[str, Any]], Any], args: Mapping[str, Any], wrt: Sequence[str]
+    ) -> tuple[Any, dict[str, Any]]:
+        entry, options = getattr(fn, "entry", None), getattr(fn, "options", None)
+        if entry not in ("haepo_loss", "haepo_loss_packed") or options is None:
+            raise TypeError(
+                f"fn: expected a haepo_loss or haepo_loss_packed call with 'entry' and "
+                f"'options' attributes (the core on {self.name} has no autodiff), got {fn!r}"
+            )
+        bad = [w for w in wrt if w not in ("logp", "entropy")]
         if bad:
-            raise ValueError(f"wrt: expected a subset of {self.differentiable}, got {tuple(wrt)}")
-        args = {k: (None if v is None else np.asarray(v)) for k, v in inputs.items()}
-        order = None
-        if packed:
-            args = _packed_to_padded(args)
-            order = args.pop("_order")  # NumPy indices: stays on the host
-        conv = {
-            k: (None if v is None else self.asarray(v, dtype=dtype if k in FLOAT_INPUTS else None))
-            for k, v in args.items()
-        }
-        logp, returns, mask = conv.pop("logp"), conv.pop("returns"), conv.pop("mask", None)
-        out, grads = haepo_grad(logp, returns, mask, **conv, **kwargs)
-        result = {k: self.to_numpy(grads[k]) for k in wrt if k in grads}
-        if "entropy" in wrt and "entropy" not in grads:
+            raise ValueError(f"wrt: expected a subset of ('logp', 'entropy'), got {tuple(wrt)}")
+        if "entropy" in wrt and args.get("entropy") is None:
             raise ValueError("wrt: 'entropy' needs an entropy input")
+        a = dict(args)
+        packed = entry == "haepo_loss_packed"
+        if packed:
+            a, order, mask = _packed_to_padded(self.xp, a)
+        out, grads = haepo_grad(
+            a.pop("logp"), a.pop("returns"), a.pop("mask", None), **a, **options
+        )
+        result = {k: grads[k] for k in wrt}
         if packed:  # back from [M, T] to the caller's packed order
-            unpacked = {}
-            for k, v in result.items():
-                flat = np.empty(len(order), dtype=v.dtype)
-                flat[order] = v[args["mask"]]
-                unpacked[k] = flat
-            result = unpacked
-        return float(self.to_numpy(out.loss)), result
+            import numpy as np
 
-    def variants(self) -> Mapping[str, Backend]:
+            for k, v in result.items():
+                flat = np.empty(len(order), dtype=_np(v).dtype)
+                flat[order] = _np(v)[mask]
+                result[k] = self.xp.asarray(flat)
+        return out.loss, result
+
+    def variants(self) -> Mapping[str, Any]:
         return {}
 
 
-def _packed_to_padded(args: dict[str, Any]) -> dict[str, Any]:
-    """Rearrange packed NumPy inputs (``segment_ids`` [N]) into padded ``[M, T]`` ones."""
+def _np(x: Any) -> Any:
     import numpy as np
 
-    seg = np.asarray(args.pop("segment_ids"))
-    m = int(np.asarray(args["returns"]).shape[0])
+    return np.asarray(x) if isinstance(x, np.ndarray) else np.from_dlpack(x)
+
+
+def _packed_to_padded(xp: Any, args: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """Packed arrays (``segment_ids`` [N]) as padded ``[M, T]`` ones, the packing order and
+    the validity mask (NumPy, for the way back)."""
+    import numpy as np
+
+    seg = _np(args.pop("segment_ids"))
+    m = int(args["returns"].shape[0])
     order = np.argsort(seg, kind="stable")
     counts = np.bincount(seg, minlength=m)
     t = int(counts.max()) if counts.size else 0
@@ -198,12 +158,12 @@ def _packed_to_padded(args: dict[str, Any]) -> dict[str, Any]:
     for key in ("logp", "entropy", "ref_logp"):
         v = args.get(key)
         if v is not None:
-            pad = np.zeros((m, t), dtype=np.asarray(v).dtype)
-            pad[mask] = np.asarray(v)[order]
-            out[key] = pad
-    out["mask"] = mask
-    out["_order"] = order
-    return out
+            v = _np(v)
+            pad = np.zeros((m, t), dtype=v.dtype)
+            pad[mask] = v[order]
+            out[key] = xp.asarray(pad)
+    out["mask"] = xp.asarray(mask)
+    return out, order, mask
 
 
 def list_backends() -> list[str]:

@@ -2,165 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
 import array_api_compat
 
-from ._namespace import (
-    Array,
-    compute_dtype,
-    get_namespace,
-    stop_gradient,
-    values_readable,
-)
-from ._regularizers import _kl_steps, entropy_from_logits, kl_from_logits, log_softmax
-from ._returns import _normalize
-from ._segments import group_index, segment_sum
-from ._validation import (
-    check_finite,
-    check_float,
-    check_ids,
-    check_mask,
-    check_options,
-    check_rank,
-    check_returns,
-    check_shape,
-)
-from ._weights import _ess, _group_softmax
+from ._inputs import validate_logits, validate_packed, validate_padded
+from ._namespace import Array, compute_dtype, device_of, get_namespace, stop_gradient
+from ._objective import HAEPOOutput, HAEPOStats, Options, Primitives, kl_steps, objective
+from ._regularizers import entropy_from_logits, kl_from_logits, log_softmax
+from ._segments import group_index
 
-__all__ = ["HAEPOOutput", "haepo_loss", "haepo_loss_from_logits", "haepo_loss_packed"]
-
-
-class HAEPOOutput(NamedTuple):
-    """What every HAEPO loss returns (a NamedTuple, hence a JAX pytree and torch.compile-able).
-
-    Attributes:
-      loss: 0-d, the scalar to minimize, ``J_PL - entropy_coef * H + kl_coef * KL``.
-      weights: ``[M]`` Plackett-Luce weights ``w_k`` (differentiable).
-      normalized_returns: ``[M]`` ``R~_k`` (constants).
-      log_likelihood: ``[M]`` ``L_k`` as fed to the softmax before the temperature (after
-        length normalization when it is on).
-      stats: dict of detached 0-d arrays: ``policy_loss``, ``entropy``, ``kl``, ``ess`` (mean
-        over groups of ``1 / sum w^2``), ``ess_min``, ``max_weight``, ``weighted_return``
-        (mean over groups of ``sum_k w_k R_k``, raw returns), ``num_groups``.
-    """
-
-    loss: Array
-    weights: Array
-    normalized_returns: Array
-    log_likelihood: Array
-    stats: dict[str, Array]
-
-
-class _Options(NamedTuple):
-    entropy_coef: Any
-    kl_coef: Any
-    kl_estimator: str
-    normalize_returns: str
-    temperature: Any
-    length_normalize: bool
-    eps: float
-
-
-def _options(**kw: Any) -> _Options:
-    check_options(**kw)
-    return _Options(**kw)
-
-
-def _positive(value: Any) -> bool:
-    """Whether a coefficient is a plain number > 0 (array coefficients, possibly traced or
-    being differentiated, are not inspected: a missing input then fails loudly downstream)."""
-    return isinstance(value, numbers.Real) and float(value) > 0
-
-
-def _require_inputs(opts: _Options, has_entropy: bool, has_kl: bool) -> None:
-    if _positive(opts.entropy_coef) and not has_entropy:
-        raise ValueError(
-            f"entropy: expected a per-step entropy array since entropy_coef = {opts.entropy_coef} "
-            "> 0, got None"
-        )
-    if _positive(opts.kl_coef) and not has_kl:
-        raise ValueError(
-            f"ref_logp: expected reference log-probs (or ref_logits) since kl_coef = "
-            f"{opts.kl_coef} > 0, got None"
-        )
-
-
-def _check_nonempty(xp: Any, counts: Array, what: str) -> None:
-    if not values_readable(counts):
-        return
-    empty = counts == 0
-    if bool(xp.any(empty)):
-        first = int(xp.argmax(xp.astype(empty, xp.int32)))
-        n = int(xp.sum(xp.astype(empty, xp.int32)))
-        raise ValueError(
-            f"{what}: expected every trajectory to have at least one valid step, got {n} "
-            f"empty trajectories (first: trajectory {first})"
-        )
-
-
-def _objective(
-    xp: Any,
-    *,
-    L: Array,
-    n_k: Array,
-    returns: Array,
-    group_ids: Array | None,
-    ent_sum: Array | None,
-    kl_sum: Array | None,
-    n_steps: Array,
-    opts: _Options,
-    out_dtype: Any,
-) -> HAEPOOutput:
-    """Group softmax, normalized returns, regularizers and stats from per-trajectory sums.
-
-    ``L`` and ``n_k`` are ``[M]`` in the compute dtype; ``ent_sum``/``kl_sum`` are the sums of
-    the per-step regularizers over valid steps; ``n_steps`` the number of valid steps.
-    """
-    m = L.shape[0]
-    cdt = L.dtype
-    gidx, num = group_index(xp, group_ids, m, array_api_compat.device(L))
-    L_eff = L / n_k if opts.length_normalize else L
-    w = _group_softmax(xp, L_eff / opts.temperature, gidx, num)
-
-    r = xp.astype(returns, cdt)
-    r_norm = stop_gradient(_normalize(xp, r, gidx, num, opts.normalize_returns, opts.eps))
-    counts = segment_sum(xp.ones_like(L), gidx, num)
-    n_groups = xp.sum(xp.astype(counts > 0, cdt))
-
-    policy = -xp.sum(w * r_norm) / n_groups
-    zero = xp.zeros((), dtype=cdt, device=array_api_compat.device(L))
-    entropy = zero if ent_sum is None else ent_sum / n_steps
-    kl = zero if kl_sum is None else kl_sum / n_steps
-    loss = policy - opts.entropy_coef * entropy + opts.kl_coef * kl
-
-    w_const = stop_gradient(w)
-    ess, present = _ess(xp, w_const, gidx, num)
-    ess_min = xp.min(xp.where(present, ess, xp.full_like(ess, float("inf"))))
-    stats = {
-        "policy_loss": policy,
-        "entropy": entropy,
-        "kl": kl,
-        "ess": xp.sum(ess) / n_groups,
-        "ess_min": ess_min,
-        "max_weight": xp.max(w_const),
-        "weighted_return": xp.sum(w_const * r) / n_groups,
-        "num_groups": n_groups,
-    }
-    stats = {k: xp.astype(stop_gradient(v), out_dtype) for k, v in stats.items()}
-    return HAEPOOutput(
-        loss=xp.astype(loss, out_dtype),
-        weights=xp.astype(w, out_dtype),
-        normalized_returns=xp.astype(r_norm, out_dtype),
-        log_likelihood=xp.astype(L_eff, out_dtype),
-        stats=stats,
-    )
-
-
-def _check_group_ids(xp: Any, group_ids: Array | None, m: int) -> None:
-    if group_ids is not None:
-        check_ids(xp, "group_ids", group_ids, m, "[M]")
+__all__ = ["HAEPOOutput", "HAEPOStats", "haepo_loss", "haepo_loss_from_logits", "haepo_loss_packed"]
 
 
 def _padded(
@@ -170,24 +22,25 @@ def _padded(
     returns: Array,
     group_ids: Array | None,
     ent_steps: Array | None,
-    kl_steps: Array | None,
-    opts: _Options,
+    kl_steps_: Array | None,
+    opts: Any,
+    out_dtype: Any,
 ) -> HAEPOOutput:
-    """Shared padded path. ``logp`` is sanitized, in the compute dtype; step arrays likewise."""
-    cdt = logp.dtype
-    vf = xp.astype(valid, cdt)
-    n_k = xp.sum(vf, axis=1)
-    return _objective(
-        xp,
+    """The objective on sanitized per-step arrays ``[M, T]`` in the compute dtype."""
+    n_k = xp.sum(xp.astype(valid, logp.dtype), axis=1)
+    gidx, num = group_index(xp, group_ids, logp.shape[0], device_of(logp))
+    return objective(
+        Primitives(xp),
         L=xp.sum(logp, axis=1),
         n_k=n_k,
         returns=returns,
-        group_ids=group_ids,
+        index=gidx,
+        num=num,
         ent_sum=None if ent_steps is None else xp.sum(ent_steps),
-        kl_sum=None if kl_steps is None else xp.sum(kl_steps),
+        kl_sum=None if kl_steps_ is None else xp.sum(kl_steps_),
         n_steps=xp.sum(n_k),
         opts=opts,
-        out_dtype=cdt,
+        out_dtype=out_dtype,
     )
 
 
@@ -275,58 +128,18 @@ def haepo_loss(
         entropy=entropy,
         ref_logp=ref_logp,
     )
-    check_rank("logp", logp, 2, "[M, T]")
-    check_float(xp, "logp", logp)
-    m, t = logp.shape
-    check_returns(xp, "returns", returns, m)
-    _check_group_ids(xp, group_ids, m)
-    valid = (
-        xp.ones((m, t), dtype=xp.bool, device=array_api_compat.device(logp))
-        if mask is None
-        else check_mask(xp, "mask", mask, (m, t))
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
     )
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_float(xp, name, arr)
-            check_shape(name, arr, (m, t), "[M, T] (same as logp)")
-    opts = _options(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-    )
-    _require_inputs(opts, entropy is not None, ref_logp is not None)
-    _check_nonempty(xp, xp.sum(xp.astype(valid, xp.int32), axis=1), "mask")
-    check_finite(xp, "logp", logp, valid)
-    check_finite(xp, "returns", returns, None)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_finite(xp, name, arr, valid)
-
+    valid, opts, _ = validate_padded(xp, logp, returns, mask, group_ids, entropy, ref_logp, kw)
     cdt = compute_dtype(xp, logp.dtype)
     x = _sanitize(xp, logp, valid, cdt)
     ent = None if entropy is None else _sanitize(xp, entropy, valid, cdt)
     kl = None
     if ref_logp is not None:
         ref = _sanitize(xp, stop_gradient(ref_logp), valid, cdt)
-        kl = _kl_steps(xp, x, ref, kl_estimator)  # 0 at padding: there x = ref = 0
-    out = _padded(xp, x, valid, returns, group_ids, ent, kl, opts)
-    return _cast_output(xp, out, logp.dtype)
-
-
-def _cast_output(xp: Any, out: HAEPOOutput, dtype: Any) -> HAEPOOutput:
-    if out.loss.dtype == dtype:
-        return out
-    return HAEPOOutput(
-        loss=xp.astype(out.loss, dtype),
-        weights=xp.astype(out.weights, dtype),
-        normalized_returns=xp.astype(out.normalized_returns, dtype),
-        log_likelihood=xp.astype(out.log_likelihood, dtype),
-        stats={k: xp.astype(v, dtype) for k, v in out.stats.items()},
-    )
+        kl = kl_steps(xp, x, ref, kl_estimator)  # 0 at padding: there x = ref = 0
+    return _padded(xp, x, valid, returns, group_ids, ent, kl, opts, logp.dtype)
 
 
 def haepo_loss_packed(
@@ -380,62 +193,33 @@ def haepo_loss_packed(
         entropy=entropy,
         ref_logp=ref_logp,
     )
-    check_rank("logp", logp, 1, "[N]")
-    check_float(xp, "logp", logp)
-    n = logp.shape[0]
-    check_ids(xp, "segment_ids", segment_ids, n, "[N], same as logp")
-    check_rank("returns", returns, 1, "[M]")
-    m = returns.shape[0]
-    check_returns(xp, "returns", returns, m)
-    _check_group_ids(xp, group_ids, m)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_float(xp, name, arr)
-            check_shape(name, arr, (n,), "[N] (same as logp)")
-    opts = _options(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
     )
-    _require_inputs(opts, entropy is not None, ref_logp is not None)
-    if values_readable(segment_ids) and n > 0:
-        lo, hi = int(xp.min(segment_ids)), int(xp.max(segment_ids))
-        if lo < 0 or hi >= m:
-            raise ValueError(
-                f"segment_ids: expected values in 0..M-1 = 0..{m - 1}, got values in {lo}..{hi}"
-            )
+    (_, opts, _), n_k = validate_packed(
+        xp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw
+    )
     cdt = compute_dtype(xp, logp.dtype)
-    ones = xp.ones(n, dtype=cdt, device=array_api_compat.device(logp))
-    n_k = segment_sum(ones, segment_ids, m)
-    _check_nonempty(xp, n_k, "segment_ids")
-    check_finite(xp, "logp", logp, None)
-    check_finite(xp, "returns", returns, None)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_finite(xp, name, arr, None)
-
+    m = returns.shape[0]
     x = xp.astype(logp, cdt)
+    P = Primitives(xp)
     kl_sum = None
     if ref_logp is not None:
-        ref = stop_gradient(xp.astype(ref_logp, cdt))
-        kl_sum = xp.sum(_kl_steps(xp, x, ref, kl_estimator))
-    out = _objective(
-        xp,
-        L=segment_sum(x, segment_ids, m),
+        kl_sum = P.kl_estimate_sum(x, stop_gradient(xp.astype(ref_logp, cdt)), kl_estimator)
+    gidx, num = group_index(xp, group_ids, m, device_of(logp))
+    return objective(
+        P,
+        L=P.segment_sum(x, segment_ids, m),
         n_k=n_k,
         returns=returns,
-        group_ids=group_ids,
+        index=gidx,
+        num=num,
         ent_sum=None if entropy is None else xp.sum(xp.astype(entropy, cdt)),
         kl_sum=kl_sum,
-        n_steps=xp.asarray(float(n), dtype=cdt, device=array_api_compat.device(logp)),
+        n_steps=xp.sum(n_k),
         opts=opts,
-        out_dtype=cdt,
+        out_dtype=logp.dtype,
     )
-    return _cast_output(xp, out, logp.dtype)
 
 
 def haepo_loss_from_logits(
@@ -491,57 +275,16 @@ def haepo_loss_from_logits(
         ref_logp=ref_logp,
         group_ids=group_ids,
     )
-    check_rank("logits", logits, 3, "[M, T, V]")
-    check_float(xp, "logits", logits)
-    m, t, v = logits.shape
-    check_rank("actions", actions, 2, "[M, T]")
-    check_shape("actions", actions, (m, t), "[M, T] (logits.shape[:2])")
-    if not xp.isdtype(actions.dtype, "integral"):
-        raise TypeError(f"actions: expected an integer dtype, got {actions.dtype}")
-    check_returns(xp, "returns", returns, m)
-    _check_group_ids(xp, group_ids, m)
-    if ref_logits is not None and ref_logp is not None:
-        raise ValueError("ref_logits, ref_logp: expected at most one of them, got both")
-    if ref_logits is not None:
-        check_float(xp, "ref_logits", ref_logits)
-        check_shape("ref_logits", ref_logits, (m, t, v), "[M, T, V] (same as logits)")
-    if ref_logp is not None:
-        check_float(xp, "ref_logp", ref_logp)
-        check_shape("ref_logp", ref_logp, (m, t), "[M, T]")
-    valid = (
-        xp.ones((m, t), dtype=xp.bool, device=array_api_compat.device(logits))
-        if mask is None
-        else check_mask(xp, "mask", mask, (m, t))
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
     )
-    opts = _options(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
+    valid, opts, _ = validate_logits(
+        xp, logits, actions, returns, mask, group_ids, ref_logits, ref_logp, kw
     )
-    _require_inputs(opts, True, ref_logits is not None or ref_logp is not None)
-    _check_nonempty(xp, xp.sum(xp.astype(valid, xp.int32), axis=1), "mask")
-    if values_readable(actions) and values_readable(valid):
-        bad = xp.logical_and(valid, xp.logical_or(actions < 0, actions >= v))
-        if bool(xp.any(bad)):
-            raise ValueError(f"actions: expected values in 0..V-1 = 0..{v - 1} at valid steps")
-    check_finite(xp, "returns", returns, None)
-    if ref_logp is not None:
-        check_finite(xp, "ref_logp", ref_logp, valid)
-    # Logits may hold -inf (masked vocabulary) but never NaN or +inf at valid steps.
-    for name, arr in (("logits", logits), ("ref_logits", ref_logits)):
-        if arr is not None:
-            check_finite(
-                xp, name, xp.where(arr == -xp.inf, xp.zeros_like(arr), arr), valid[:, :, None]
-            )
-
     cdt = compute_dtype(xp, logits.dtype)
     valid3 = valid[:, :, None]
     # Padding rows are replaced by zeros so NaN/inf there never reach value or gradient.
-    zero = xp.zeros((), dtype=cdt, device=array_api_compat.device(logits))
+    zero = xp.zeros((), dtype=cdt, device=device_of(logits))
     lg = xp.where(valid3, xp.astype(logits, cdt), zero)
     safe_actions = xp.where(valid, actions, xp.zeros_like(actions))
     lsm = log_softmax(lg, axis=-1)
@@ -556,6 +299,5 @@ def haepo_loss_from_logits(
         kl = xp.where(valid, kl_from_logits(lg, rl, axis=-1), xp.zeros_like(x))
     elif ref_logp is not None:
         ref = _sanitize(xp, stop_gradient(ref_logp), valid, cdt)
-        kl = _kl_steps(xp, x, ref, kl_estimator)
-    out = _padded(xp, x, valid, returns, group_ids, ent, kl, opts)
-    return _cast_output(xp, out, logits.dtype)
+        kl = kl_steps(xp, x, ref, kl_estimator)
+    return _padded(xp, x, valid, returns, group_ids, ent, kl, opts, logits.dtype)

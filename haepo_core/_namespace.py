@@ -17,6 +17,7 @@ Array = Any  # an array of any array-API library (NumPy, array-api-strict, torch
 __all__ = [
     "Array",
     "compute_dtype",
+    "device_of",
     "get_namespace",
     "is_concrete",
     "values_readable",
@@ -66,12 +67,13 @@ def get_namespace(**arrays: object) -> Any:
         raise TypeError(f"could not find one array namespace for {sorted(given)}: {err}") from err
 
 
-def is_low_precision(xp: Any, dtype: Any) -> bool:
-    """True for 16-bit floating dtypes (float16, bfloat16) that must be upcast for reductions."""
-    names = ("float16", "bfloat16")
-    return any(getattr(xp, n, None) is not None and dtype == getattr(xp, n) for n in names) or (
-        str(dtype).endswith(("float16", "bfloat16"))
-    )
+def device_of(x: Array) -> Any:
+    """The device of ``x``: its ``.device`` where it has one (a plain attribute read, which
+    ``torch.compile`` traces cleanly), else ``array_api_compat.device`` (JAX tracers)."""
+    try:
+        return x.device
+    except AttributeError:
+        return array_api_compat.device(x)
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:

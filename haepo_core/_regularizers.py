@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._namespace import Array, compute_dtype, get_namespace, stop_gradient
+from ._objective import kl_steps
 from ._validation import KL_ESTIMATORS, check_float, check_shape
 
 __all__ = ["entropy_from_logits", "kl_estimate", "kl_from_logits", "log_softmax"]
@@ -96,15 +97,6 @@ def kl_from_logits(logits: Array, ref_logits: Array, axis: int = -1) -> Array:
     return xp.where(xp.any(inf_terms, axis=axis), xp.full_like(kl, float("inf")), kl)
 
 
-def _kl_steps(xp: Any, logp: Array, ref_logp: Array, estimator: str) -> Array:
-    r = ref_logp - logp
-    if estimator == "k1":
-        return -r
-    if estimator == "k2":
-        return 0.5 * r * r
-    return xp.expm1(r) - r  # k3 = exp(r) - 1 - r, expm1 keeps it accurate for small r
-
-
 def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k3") -> Array:
     r"""Per-step sample estimate of :math:`KL(\pi_\theta \| \pi_{ref})` from log-probs.
 
@@ -135,4 +127,4 @@ def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k3") -> Array:
             f"estimator: expected one of {', '.join(map(repr, KL_ESTIMATORS))}, got {estimator!r}"
         )
     cdt = compute_dtype(xp, logp.dtype)
-    return _kl_steps(xp, xp.astype(logp, cdt), stop_gradient(xp.astype(ref_logp, cdt)), estimator)
+    return kl_steps(xp, xp.astype(logp, cdt), stop_gradient(xp.astype(ref_logp, cdt)), estimator)

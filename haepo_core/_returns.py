@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import array_api_compat
 
 from ._namespace import Array, compute_dtype, get_namespace
-from ._segments import group_index, segment_max, segment_min, segment_sum
+from ._objective import Primitives, normalize
+from ._segments import group_index
 from ._validation import NORMALIZATIONS, check_finite, check_ids, check_returns
 
 __all__ = ["normalize_returns"]
-
-
-def _normalize(xp: Any, r: Array, gidx: Array, num: int, method: str, eps: float) -> Array:
-    """Normalize float returns ``r`` given dense group ids (shared by the losses)."""
-    if method == "none":
-        return r
-    ones = xp.ones_like(r)
-    count = segment_sum(ones, gidx, num)
-    count = xp.where(count > 0, count, xp.ones_like(count))
-    mean = xp.take(segment_sum(r, gidx, num) / count, gidx, axis=0)
-    centered = r - mean
-    # A group whose returns are all equal has R~ = 0 exactly (the mean of equal floats can
-    # differ from them in the last bit, so test max == min instead of trusting r - mean).
-    flat = xp.take(segment_max(r, gidx, num) == segment_min(r, gidx, num), gidx, axis=0)
-    zero = xp.zeros_like(r)
-    if method == "center":
-        return xp.where(flat, zero, centered)
-    var = segment_sum(centered * centered, gidx, num) / count
-    std = xp.take(xp.sqrt(var), gidx, axis=0)
-    return xp.where(flat, zero, centered / (std + eps))
 
 
 def normalize_returns(
@@ -82,5 +61,5 @@ def normalize_returns(
     # float16/bfloat16 are normalized in float32 (mean and std are reductions), then cast back.
     r = xp.astype(returns, compute_dtype(xp, returns.dtype) if floating else xp.float32)
     gidx, num = group_index(xp, group_ids, m, array_api_compat.device(returns))
-    out = _normalize(xp, r, gidx, num, method, float(eps))
+    out = normalize(Primitives(xp), r, gidx, num, method, float(eps))
     return xp.astype(out, returns.dtype) if floating else out

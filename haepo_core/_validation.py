@@ -10,6 +10,7 @@ propagate as NaN (see docs/spec.md, "Errors under tracing").
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._namespace import Array, is_concrete, values_readable
@@ -18,11 +19,15 @@ __all__ = [
     "KL_ESTIMATORS",
     "NORMALIZATIONS",
     "check_finite",
+    "check_finite_from_sums",
+    "check_nonempty",
+    "check_trajectories",
     "check_float",
     "check_ids",
     "check_mask",
     "check_options",
     "check_rank",
+    "check_returns",
     "check_shape",
 ]
 
@@ -78,7 +83,13 @@ def check_returns(xp: Any, name: str, x: Array, m: int) -> None:
         )
 
 
-def check_mask(xp: Any, name: str, mask: Array, shape: tuple[int, ...]) -> Array:
+def check_mask(
+    xp: Any,
+    name: str,
+    mask: Array,
+    shape: tuple[int, ...],
+    readable: Callable[[Array], bool] = values_readable,
+) -> Array:
     """Validate a mask and return it as a boolean array."""
     check_shape(name, mask, shape, "[M, T] (same as logp)")
     kind = _dtype_kind(xp, mask)
@@ -86,16 +97,23 @@ def check_mask(xp: Any, name: str, mask: Array, shape: tuple[int, ...]) -> Array
         return mask
     if kind not in ("int", "float"):
         raise TypeError(f"{name}: expected a bool (or 0/1 numeric) dtype, got {mask.dtype}")
-    if values_readable(mask):
+    if readable(mask):
         bad = xp.logical_and(mask != 0, mask != 1)
         if bool(xp.any(bad)):
             raise ValueError(f"{name}: a numeric mask must hold only 0 and 1, got other values")
     return mask != 0
 
 
-def check_finite(xp: Any, name: str, x: Array, valid: Array | None) -> None:
-    """Raise if ``x`` holds NaN or inf where ``valid`` is True (everywhere if ``valid`` is None)."""
-    if not (values_readable(x) and (valid is None or values_readable(valid))):
+def check_finite(
+    xp: Any,
+    name: str,
+    x: Array,
+    valid: Array | None,
+    readable: Callable[[Array], bool] = values_readable,
+) -> None:
+    """Raise if ``x`` holds NaN or inf where ``valid`` is True (everywhere if ``valid`` is None).
+    Skipped when ``readable`` says the values cannot be read now (tracing)."""
+    if not (readable(x) and (valid is None or readable(valid))):
         return
     bad = ~xp.isfinite(x)
     if valid is not None:
@@ -178,3 +196,54 @@ def check_options(
         )
     if not isinstance(length_normalize, bool):
         raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
+
+
+def check_trajectories(name: str, m: int, layout: str) -> None:
+    """At least one trajectory: ``M = 0`` has no groups to average over."""
+    if m == 0:
+        raise ValueError(
+            f"{name}: expected at least one trajectory (M >= 1) in {layout}, got M = 0"
+        )
+
+
+def check_nonempty(
+    xp: Any, counts: Array, what: str, readable: Callable[[Array], bool] = values_readable
+) -> None:
+    """Every trajectory has at least one valid step (``counts`` ``[M]``)."""
+    if not readable(counts):
+        return
+    empty = counts == 0
+    if bool(xp.any(empty)):
+        first = int(xp.argmax(xp.astype(empty, xp.int32)))
+        n = int(xp.sum(xp.astype(empty, xp.int32)))
+        raise ValueError(
+            f"{what}: expected every trajectory to have at least one valid step, got {n} "
+            f"empty trajectories (first: trajectory {first})"
+        )
+
+
+def check_finite_from_sums(
+    xp: Any,
+    sums: Sequence[Array | None],
+    inputs: Sequence[tuple[str, Array | None, Array | None]],
+    readable: Callable[[Array], bool] = values_readable,
+) -> None:
+    """Finiteness of many inputs from a few sums the loss computes anyway (a deferred check).
+
+    The elementwise check costs several full passes per input (isfinite, masking, any); a NaN
+    or inf at a valid position always reaches a sum over the sanitized values, so only the
+    handful of scalars is tested, and only when one is not finite does :func:`check_finite`
+    run on each input ``(name, array, valid)``: it raises its exact message (or passes, for a
+    legitimately overflowing sum, which then propagates as any overflow does).
+    """
+    present = [s for s in sums if s is not None]
+    if not present or not all(readable(s) for s in present):
+        return
+    total = xp.sum(present[0])
+    for s in present[1:]:
+        total = total + xp.sum(s)  # one read: a NaN/inf in any sum keeps the total non-finite
+    if bool(xp.isfinite(total)):
+        return
+    for name, arr, valid in inputs:
+        if arr is not None:
+            check_finite(xp, name, arr, valid, readable)

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import array_api_compat
 
-from ._namespace import Array, compute_dtype, get_namespace, stop_gradient
-from ._segments import group_index, segment_max, segment_sum
-from ._validation import check_finite, check_float, check_ids, check_rank
+from ._namespace import Array, compute_dtype, get_namespace
+from ._objective import Primitives, group_ess, scores
+from ._segments import group_index
+from ._validation import check_finite, check_float, check_ids, check_rank, check_trajectories
 
 __all__ = ["effective_sample_size", "plackett_luce_weights"]
-
-
-def _group_softmax(xp: Any, z: Array, gidx: Array, num: int) -> Array:
-    """Softmax of ``z`` [M] within each segment, by log-sum-exp.
-
-    The per-group max is a constant shift (detached): it leaves the value and the gradient of
-    the softmax unchanged and keeps every exp() argument <= 0, so L_k down to -1e6 stays finite.
-    """
-    peak = stop_gradient(segment_max(z, gidx, num))
-    shifted = z - xp.take(peak, gidx, axis=0)
-    e = xp.exp(shifted)
-    total = segment_sum(e, gidx, num)
-    total = xp.where(total > 0, total, xp.ones_like(total))  # empty segments (traced path)
-    return e / xp.take(total, gidx, axis=0)
 
 
 def plackett_luce_weights(
@@ -67,16 +52,10 @@ def plackett_luce_weights(
         raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
     check_finite(xp, "log_likelihood", log_likelihood, None)
     gidx, num = group_index(xp, group_ids, m, array_api_compat.device(log_likelihood))
-    z = xp.astype(log_likelihood, compute_dtype(xp, log_likelihood.dtype)) / temperature
-    return xp.astype(_group_softmax(xp, z, gidx, num), log_likelihood.dtype)
-
-
-def _ess(xp: Any, w: Array, gidx: Array, num: int) -> tuple[Array, Array]:
-    """Per-segment ESS ``1 / sum w^2`` and the non-empty-segment indicator."""
-    sq = segment_sum(w * w, gidx, num)
-    present = sq > 0
-    ess = xp.where(present, 1.0 / xp.where(present, sq, xp.ones_like(sq)), xp.zeros_like(sq))
-    return ess, present
+    P = Primitives(xp)
+    L = xp.astype(log_likelihood, compute_dtype(xp, log_likelihood.dtype))
+    _, w = P.plackett_luce_term(scores(P, L, gidx, num, temperature), xp.zeros_like(L), gidx, num)
+    return xp.astype(w, log_likelihood.dtype)
 
 
 def effective_sample_size(
@@ -103,13 +82,14 @@ def effective_sample_size(
     check_rank("weights", weights, 1, "[M]")
     check_float(xp, "weights", weights)
     m = weights.shape[0]
+    check_trajectories("weights", m, "[M]")  # no group to average over
     if group_ids is not None:
         check_ids(xp, "group_ids", group_ids, m, "[M]")
     if reduce not in ("mean", "none"):
         raise ValueError(f"reduce: expected 'mean' or 'none', got {reduce!r}")
     check_finite(xp, "weights", weights, None)
     gidx, num = group_index(xp, group_ids, m, array_api_compat.device(weights))
-    ess, present = _ess(xp, weights, gidx, num)
+    ess, present = group_ess(Primitives(xp), weights, gidx, num)
     if reduce == "none":
         return ess
     return xp.sum(ess) / xp.sum(xp.astype(present, ess.dtype))

@@ -8,7 +8,7 @@ input comes from a seeded generator, so re-running the script gives byte-identic
 Usage::
 
     python scripts/make_golden_vectors.py                 # writes conformance/vectors/*.json
-    python scripts/make_golden_vectors.py --out /tmp/vec  # elsewhere
+    python scripts/make_golden_vectors.py --out some/dir   # elsewhere
 """
 
 from __future__ import annotations
@@ -336,9 +336,7 @@ def _padded_cases() -> Iterator[Case]:
         {},
         TIGHT,
     )
-    lp = np.array(
-        [[-1e6 + 3.0, 0.0], [-1e6, 0.0], [-999_999.0, -2.0], [-1e6 + 0.5, -0.25]]
-    )
+    lp = np.array([[-1e6 + 3.0, 0.0], [-1e6, 0.0], [-999_999.0, -2.0], [-1e6 + 0.5, -0.25]])
     yield (
         "extreme_log_likelihood_1e6",
         "L_k near -1e6 (differences of a few nats): finite, log-sum-exp shifted",
@@ -364,9 +362,10 @@ def _padded_cases() -> Iterator[Case]:
         "large_group_4096",
         "M = 4096 trajectories in one group (T = 1, inputs rounded to keep the file small)",
         "haepo_loss",
-        {"logp": np.round(rr.uniform(-8.0, 0.0, size=(m, 1)), 2), "returns": rr.integers(
-            0, 5, size=m
-        ).astype(np.float64)},
+        {
+            "logp": np.round(rr.uniform(-8.0, 0.0, size=(m, 1)), 2),
+            "returns": rr.integers(0, 5, size=m).astype(np.float64),
+        },
         {},
         TIGHT,
     )
@@ -479,11 +478,11 @@ def _packed_grads(inputs: dict[str, np.ndarray], options: dict[str, Any]) -> dic
     kw = {k: v for k, v in padded.items() if k in ("entropy", "ref_logp")}
     if "group_ids" in inputs:
         kw["group_ids"] = inputs["group_ids"]
-    out, grads = hc.haepo_grad(
-        padded["logp"], inputs["returns"], padded["mask"], **kw, **options
-    )
+    out, grads = hc.haepo_grad(padded["logp"], inputs["returns"], padded["mask"], **kw, **options)
     packed_out = hc.haepo_loss_packed(
-        inputs["logp"], seg, inputs["returns"],
+        inputs["logp"],
+        seg,
+        inputs["returns"],
         **{k: v for k, v in inputs.items() if k in ("group_ids", "entropy", "ref_logp")},
         **options,
     )
@@ -494,11 +493,13 @@ def _packed_grads(inputs: dict[str, np.ndarray], options: dict[str, Any]) -> dic
 def _compute(function: str, inputs: dict[str, np.ndarray], options: dict[str, Any]):
     kw = {k: v for k, v in inputs.items() if k in ("group_ids", "entropy", "ref_logp")}
     if function == "haepo_loss":
-        out, grads = hc.haepo_grad(inputs["logp"], inputs["returns"], inputs.get("mask"),
-                                   **kw, **options)
+        out, grads = hc.haepo_grad(
+            inputs["logp"], inputs["returns"], inputs.get("mask"), **kw, **options
+        )
         return out, grads
-    out = hc.haepo_loss_packed(inputs["logp"], inputs["segment_ids"], inputs["returns"],
-                               **kw, **options)
+    out = hc.haepo_loss_packed(
+        inputs["logp"], inputs["segment_ids"], inputs["returns"], **kw, **options
+    )
     return out, _packed_grads(inputs, options)
 
 

@@ -66,7 +66,7 @@ def run_all(d, rows, group):
         **KW,
     )
     o.loss.backward()
-    out["padded"] = (o.loss.detach(), logp.grad, o.weights.detach(), o.stats)
+    out["padded"] = (o.loss.detach(), logp.grad, o.weights.detach(), dict(o.stats.items()))
 
     # Packed: the same valid steps, flattened.
     m = s["mask"]
@@ -128,5 +128,3 @@ def worker(rank, init, outdir):
         torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-

@@ -23,7 +23,10 @@ def _run(backend, properties=None, examples=10, shrink=False):
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_suite_fails_the_mutant_and_names_the_property(name):
-    mutant = MUTANTS[name](load_backend("numpy"))
+    cls = MUTANTS[name]
+    if cls.default_base == "torch":  # the lean-path mutants break torch's lean functions
+        pytest.importorskip("torch")
+    mutant = cls()
     entry, results = _run(mutant, [mutant.caught_by], examples=CATCH_EXAMPLES)
     (result,) = results
     assert result.property == mutant.caught_by
@@ -54,7 +57,11 @@ def test_suite_passes_the_correct_core_backends(name):
     _, results = _run(backend, examples=15)
     bad = [(r.property, r.message) for r in results if r.status not in ("PASS", "SKIP")]
     assert not bad
-    assert {r.property for r in results if r.status == "PASS"} >= set(PROPERTIES) - {"variants"}
+    lean = {p for p in PROPERTIES if p.startswith(("logits.", "hidden."))}
+    assert {r.property for r in results if r.status == "PASS"} >= set(PROPERTIES) - {
+        "variants",
+        "gradient.second_order",
+    } - lean
 
 
 @pytest.mark.parametrize(

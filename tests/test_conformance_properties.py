@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from haepo_conformance import MUTANTS, PROPERTIES, RunConfig, run_property
+from haepo_conformance._boundary import LossFn, backend_grad
 from haepo_conformance._reference import ConformanceError, Tolerance, assert_close
 from haepo_conformance._strategies import BigCase, Case
 
@@ -113,7 +114,7 @@ def test_backend_protocol_and_discovery():
         haepo_core.load_backend(3)
 
 
-def test_array_api_backend_packed_value_and_grad_on_array_api_strict():
+def test_array_api_backend_packed_grad_on_array_api_strict():
     """Regression: the packing order must stay a NumPy index (it was converted to an
     array-api-strict array, and len() failed)."""
     strict = haepo_core.load_backend("array_api_strict")
@@ -122,12 +123,27 @@ def test_array_api_backend_packed_value_and_grad_on_array_api_strict():
         "segment_ids": np.array([1, 0, 1, 0]),
         "returns": np.array([1.0, 0.0]),
     }
-    loss, grads = strict.value_and_grad(inputs, packed=True)
-    ref_loss, ref_grads = haepo_core.load_backend("numpy").value_and_grad(inputs, packed=True)
+    loss, grads = backend_grad(strict, "haepo_loss_packed", inputs, {}, ("logp",), "float64")
+    numpy_backend = haepo_core.load_backend("numpy")
+    ref_loss, ref_grads = backend_grad(
+        numpy_backend, "haepo_loss_packed", inputs, {}, ("logp",), "float64"
+    )
     assert loss == pytest.approx(ref_loss)
     np.testing.assert_allclose(grads["logp"], ref_grads["logp"])
     # trajectory 1 (steps 0 and 2) has the lower return: its log-probs are pushed down
     assert grads["logp"].shape == (4,) and np.all(grads["logp"][[0, 2]] > 0)
+
+
+def test_core_grad_refuses_calls_it_has_no_closed_form_for():
+    numpy_backend = haepo_core.load_backend("numpy")
+    args = {"logp": np.zeros((2, 1)), "returns": np.array([0.0, 1.0])}
+    with pytest.raises(TypeError, match="fn: expected a haepo_loss"):
+        numpy_backend.grad(lambda a: a["logp"].sum(), args, ("logp",))
+    fn = LossFn(numpy_backend, "haepo_loss", {})
+    with pytest.raises(ValueError, match="wrt"):
+        numpy_backend.grad(fn, args, ("returns",))
+    with pytest.raises(ValueError, match="entropy"):
+        numpy_backend.grad(fn, args, ("entropy",))
 
 
 def test_third_party_example_backend_passes_the_suite():
@@ -152,3 +168,35 @@ def test_third_party_example_backend_passes_the_suite():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "backend my_torch: torch 2." in proc.stdout
     assert "bfloat16" in proc.stdout
+
+
+def test_shift_invariance_expects_what_a_float16_backend_saw():
+    """logp - 1000 is rounded in float16 (spacing 0.5 there): L -0.3 and -0.7 both become
+    -1000.5 or -1000, so the correct weights of the shifted batch are not those of the
+    unshifted one. The property expects the reference on what the backend saw."""
+    pytest.importorskip("torch")
+    from haepo_conformance._properties import Context, _shift
+
+    torch_backend = haepo_core.load_backend("torch")
+    options = {
+        "entropy_coef": 0.0,
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "normalize_returns": "zscore",
+        "temperature": 1.0,
+        "length_normalize": False,
+        "eps": 1e-8,
+    }
+    case = Case(
+        logp=np.array([[-0.3], [-0.7]]),
+        mask=None,
+        returns=np.array([0.0, 1.0]),
+        options=options,
+        dtype="float16",
+    )
+    _, check = _shift(torch_backend, Context(dtypes=("float16",)))
+    check((case, np.array([-1000.0])))  # passes: the rounded batch is what is expected
+    broken = MUTANTS["no_logsumexp"](haepo_core.load_backend("numpy"))
+    _, check32 = _shift(broken, Context(dtypes=("float32",)))
+    with pytest.raises(ConformanceError):
+        check32((case.replace(dtype="float32"), np.array([-1000.0])))

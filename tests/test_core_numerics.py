@@ -34,9 +34,22 @@ def lib(xp) -> str:
 
 
 # --------------------------------------------------------------------------- reference formula
-def reference(logp, mask, returns, group_ids=None, entropy=None, ref_logp=None, *,
-              entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3", normalize_returns="zscore",
-              temperature=1.0, length_normalize=False, eps=1e-8):
+def reference(
+    logp,
+    mask,
+    returns,
+    group_ids=None,
+    entropy=None,
+    ref_logp=None,
+    *,
+    entropy_coef=0.0,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    normalize_returns="zscore",
+    temperature=1.0,
+    length_normalize=False,
+    eps=1e-8,
+):
     """The objective of the spec written directly, group by group, in float64 NumPy."""
     logp = np.asarray(logp, dtype=np.float64)
     m = logp.shape[0]
@@ -104,8 +117,9 @@ OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("opts", OPTION_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in
-                                                                      o.items()) or "default")
+@pytest.mark.parametrize(
+    "opts", OPTION_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default"
+)
 def test_loss_matches_direct_numpy_formula(xp, opts):
     """Every output and stat equals the spec written directly in NumPy (groups, masks,
     temperature, every normalization and KL estimator, entropy bonus, length_normalize)."""
@@ -115,10 +129,18 @@ def test_loss_matches_direct_numpy_formula(xp, opts):
         kw["entropy"] = xp.asarray(entropy)
     if opts.get("kl_coef"):
         kw["ref_logp"] = xp.asarray(ref)
-    out = hc.haepo_loss(xp.asarray(logp), xp.asarray(returns), xp.asarray(mask),
-                        group_ids=xp.asarray(gid), **kw)
-    want = reference(logp, mask, returns, gid, entropy if "entropy" in kw else None,
-                     ref if "ref_logp" in kw else None, **opts)
+    out = hc.haepo_loss(
+        xp.asarray(logp), xp.asarray(returns), xp.asarray(mask), group_ids=xp.asarray(gid), **kw
+    )
+    want = reference(
+        logp,
+        mask,
+        returns,
+        gid,
+        entropy if "entropy" in kw else None,
+        ref if "ref_logp" in kw else None,
+        **opts,
+    )
     close(out.loss, want["loss"])
     for field in ("weights", "normalized_returns", "log_likelihood"):
         close(getattr(out, field), want[field], msg=field)
@@ -187,8 +209,13 @@ def test_loss_from_logits_equals_loss_on_gathered_log_probs(xp):
     lsm_ref = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
     kl_exact = (np.exp(lsm) * (lsm - lsm_ref)).sum(-1)
     out = hc.haepo_loss_from_logits(
-        xp.asarray(logits_dirty), xp.asarray(actions), xp.asarray(returns), xp.asarray(mask),
-        ref_logits=xp.asarray(ref), entropy_coef=0.1, kl_coef=0.3,
+        xp.asarray(logits_dirty),
+        xp.asarray(actions),
+        xp.asarray(returns),
+        xp.asarray(mask),
+        ref_logits=xp.asarray(ref),
+        entropy_coef=0.1,
+        kl_coef=0.3,
     )
     want = reference(logp, mask, returns, None, ent, None, entropy_coef=0.1)
     close(out.weights, want["weights"])
@@ -198,8 +225,13 @@ def test_loss_from_logits_equals_loss_on_gathered_log_probs(xp):
     # with ref_logp instead of ref_logits, the estimator is used
     ref_logp = np.take_along_axis(lsm_ref, np.where(mask, actions, 0)[..., None], -1)[..., 0]
     out2 = hc.haepo_loss_from_logits(
-        xp.asarray(logits), xp.asarray(actions), xp.asarray(returns), xp.asarray(mask),
-        ref_logp=xp.asarray(ref_logp), kl_coef=0.3, kl_estimator="k2",
+        xp.asarray(logits),
+        xp.asarray(actions),
+        xp.asarray(returns),
+        xp.asarray(mask),
+        ref_logp=xp.asarray(ref_logp),
+        kl_coef=0.3,
+        kl_estimator="k2",
     )
     want2 = reference(logp, mask, returns, None, None, ref_logp, kl_coef=0.3, kl_estimator="k2")
     close(out2.loss, want2["loss"])
@@ -214,14 +246,19 @@ def test_trajectory_log_likelihood_and_length_normalize_divide_by_valid_steps(xp
         [-1.5, -0.5, -2.0],
     )
     returns = np.array([1.0, 0.0, 2.0])
-    out = hc.haepo_loss(xp.asarray(logp), xp.asarray(returns), xp.asarray(mask),
-                        length_normalize=True)
+    out = hc.haepo_loss(
+        xp.asarray(logp), xp.asarray(returns), xp.asarray(mask), length_normalize=True
+    )
     close(out.log_likelihood, [-1.5, -0.5, -2.0])
     e = np.exp(np.array([-1.5, -0.5, -2.0]))
     close(out.weights, e / e.sum())
     # a numeric 0/1 mask means the same as the bool one
-    out_int = hc.haepo_loss(xp.asarray(logp), xp.asarray(returns),
-                            xp.asarray(mask.astype(np.int64)), length_normalize=True)
+    out_int = hc.haepo_loss(
+        xp.asarray(logp),
+        xp.asarray(returns),
+        xp.asarray(mask.astype(np.int64)),
+        length_normalize=True,
+    )
     close(out_int.loss, out.loss)
 
 
@@ -243,14 +280,19 @@ def test_plackett_luce_weights_and_effective_sample_size_match_formula(xp):
 # JAX compiles each primitive once per shape, so reusing shapes keeps the JAX runs short.
 EDGE_LOGP = np.round(np.random.default_rng(7).uniform(-2.0, 0.0, size=(6, 5)), 3)
 
+
 @pytest.mark.parametrize("method", ["zscore", "center"])
 def test_equal_returns_group_gives_zero_normalized_returns_and_zero_policy_gradient(xp, method):
     logp = EDGE_LOGP
     returns = np.array([0.1, 0.1, 0.1, 1.0, -1.0, 0.5])  # 0.1 * 3 / 3 != 0.1 in binary
     g = np.array([0, 0, 0, 1, 1, 1])
     for dtype in (xp.float64, xp.float32):
-        out, grads = hc.haepo_grad(xp.asarray(logp, dtype=dtype), xp.asarray(returns, dtype=dtype),
-                                   group_ids=xp.asarray(g), normalize_returns=method)
+        out, grads = hc.haepo_grad(
+            xp.asarray(logp, dtype=dtype),
+            xp.asarray(returns, dtype=dtype),
+            group_ids=xp.asarray(g),
+            normalize_returns=method,
+        )
         assert np.all(to_np(out.normalized_returns)[:3] == 0.0)
         assert np.all(to_np(grads["logp"])[:3] == 0.0)
         assert np.any(to_np(grads["logp"])[3:] != 0.0)
@@ -315,10 +357,17 @@ def test_log_likelihoods_down_to_minus_1e6_stay_finite(xp, dtype):
     logp = np.array([[-5e5, -5e5], [-5e5, -499_999.0], [-0.5, -0.25], [-3.0, -200.0]])
     returns = np.array([1.0, 2.0, 0.0, 3.0])
     g = np.array([0, 0, 1, 1])
-    out, grads = hc.haepo_grad(xp.asarray(logp, dtype=dt), xp.asarray(returns, dtype=dt),
-                               group_ids=xp.asarray(g))
-    for arr in (out.loss, out.weights, out.normalized_returns, out.log_likelihood,
-                grads["logp"], *out.stats.values()):
+    out, grads = hc.haepo_grad(
+        xp.asarray(logp, dtype=dt), xp.asarray(returns, dtype=dt), group_ids=xp.asarray(g)
+    )
+    for arr in (
+        out.loss,
+        out.weights,
+        out.normalized_returns,
+        out.log_likelihood,
+        grads["logp"],
+        *out.stats.values(),
+    ):
         assert np.all(np.isfinite(to_np(arr)))
     e = np.exp(np.array([0.0, 1.0]))
     close(to_np(out.weights)[:2], e / e.sum(), rtol=1e-6 if dtype == "float32" else 1e-12)
@@ -375,8 +424,9 @@ def test_low_precision_inputs_compute_in_float32(xp, low):
     assert out.loss.dtype == dt and out.weights.dtype == dt and grad.dtype == dt
     assert all(v.dtype == dt for v in out.stats.values())
     ret_r = to_np(args[0]).astype(np.float64)
-    _, ref_grad = hc.haepo_grad(rounded, ret_r.astype(np.float32),
-                                      entropy=rounded_ent, entropy_coef=0.01)
+    _, ref_grad = hc.haepo_grad(
+        rounded, ret_r.astype(np.float32), entropy=rounded_ent, entropy_coef=0.01
+    )
     want = reference(rounded, None, ret_r, entropy=rounded_ent, entropy_coef=0.01)
     tol = 2.0**-7 if low == "bfloat16" else 2.0**-10  # one rounding of the 16-bit format
     close(out.log_likelihood, want["log_likelihood"], rtol=tol, atol=0)
@@ -419,17 +469,34 @@ def test_outputs_stay_in_input_namespace_dtype_and_device(xp, dtype):
         dev = array_api_compat.device(lp)
         common = {"group_ids": ints(gid), "entropy_coef": 0.1, "kl_coef": 0.1}
         outs = {
-            "haepo_loss": hc.haepo_loss(lp, floats(returns), ints(mask), entropy=floats(entropy),
-                                        ref_logp=floats(ref), **common),
+            "haepo_loss": hc.haepo_loss(
+                lp,
+                floats(returns),
+                ints(mask),
+                entropy=floats(entropy),
+                ref_logp=floats(ref),
+                **common,
+            ),
             "haepo_loss_packed": hc.haepo_loss_packed(
-                floats(logp[mask]), ints(np.nonzero(mask)[0]), floats(returns),
-                entropy=floats(entropy[mask]), ref_logp=floats(ref[mask]), **common),
+                floats(logp[mask]),
+                ints(np.nonzero(mask)[0]),
+                floats(returns),
+                entropy=floats(entropy[mask]),
+                ref_logp=floats(ref[mask]),
+                **common,
+            ),
             "haepo_loss_from_logits": hc.haepo_loss_from_logits(
-                floats(np.ones((6, 5, 3))), ints(np.zeros((6, 5), np.int64)), floats(returns),
-                ints(mask), ref_logits=floats(np.zeros((6, 5, 3))), **common),
+                floats(np.ones((6, 5, 3))),
+                ints(np.zeros((6, 5), np.int64)),
+                floats(returns),
+                ints(mask),
+                ref_logits=floats(np.zeros((6, 5, 3))),
+                **common,
+            ),
         }
-        grad_out, grads = hc.haepo_grad(lp, floats(returns), ints(mask), entropy=floats(entropy),
-                                        ref_logp=floats(ref), **common)
+        grad_out, grads = hc.haepo_grad(
+            lp, floats(returns), ints(mask), entropy=floats(entropy), ref_logp=floats(ref), **common
+        )
         outs["haepo_grad"] = grad_out
         for name, out in outs.items():
             assert isinstance(out, hc.HAEPOOutput)

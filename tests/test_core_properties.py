@@ -109,9 +109,7 @@ def batches(draw, *, regularizers: bool = True):
             elements=st.one_of(st.floats(-3.0, 3.0, width=64), st.sampled_from([0.0, 1.0])),
         )
     )
-    group_ids = draw(
-        st.one_of(st.none(), hnp.arrays(np.int64, M, elements=st.integers(0, 2)))
-    )
+    group_ids = draw(st.one_of(st.none(), hnp.arrays(np.int64, M, elements=st.integers(0, 2))))
     opts = {
         "temperature": draw(st.sampled_from([0.5, 1.0, 3.0])),
         "normalize_returns": draw(st.sampled_from(hc.NORMALIZATIONS)),
@@ -142,8 +140,16 @@ def assert_same_output(a, b, perm=None, msg=""):
     close(a.loss, b.loss, msg=f"{msg} loss")
     for field in ("weights", "normalized_returns", "log_likelihood"):
         close(to_np(getattr(a, field))[p], getattr(b, field), msg=f"{msg} {field}")
-    for key in ("policy_loss", "entropy", "kl", "ess", "ess_min", "max_weight",
-                "weighted_return", "num_groups"):
+    for key in (
+        "policy_loss",
+        "entropy",
+        "kl",
+        "ess",
+        "ess_min",
+        "max_weight",
+        "weighted_return",
+        "num_groups",
+    ):
         close(a.stats[key], b.stats[key], msg=f"{msg} stats[{key}]")
 
 
@@ -180,8 +186,11 @@ def test_weights_invariant_to_constant_shift_of_L_within_a_group(xp, case, shift
     a = run(xp, logp, mask, returns, group_ids, extra, opts)
     b = run(xp, shifted, mask, returns, group_ids, extra, opts)
     # L changes by `shift` (up to rounding); the weights, R~ and the loss do not.
-    close(to_np(b.log_likelihood)[rows] - to_np(a.log_likelihood)[rows], np.full(rows.size, shift),
-          atol=1e-9)
+    close(
+        to_np(b.log_likelihood)[rows] - to_np(a.log_likelihood)[rows],
+        np.full(rows.size, shift),
+        atol=1e-9,
+    )
     close(a.weights, b.weights, rtol=1e-8, atol=1e-12, msg="weights")
     close(a.normalized_returns, b.normalized_returns, msg="normalized_returns")
     close(a.loss, b.loss, rtol=1e-8, atol=1e-12, msg="loss")
@@ -216,8 +225,9 @@ def test_changing_one_group_leaves_other_groups_unchanged(xp, case, data):
     for field in ("weights", "normalized_returns", "log_likelihood"):
         close(to_np(getattr(a, field))[keep], to_np(getattr(b, field))[keep], msg=field)
     # Each group's contribution to the policy term is -(1/#groups) sum_k w_k R~_k.
-    contrib = lambda o, g: -float(np.sum((to_np(o.weights) * to_np(o.normalized_returns))[
-        group_ids == g])) / 3
+    contrib = lambda o, g: (
+        -float(np.sum((to_np(o.weights) * to_np(o.normalized_returns))[group_ids == g])) / 3
+    )
     for g in set(range(3)) - {changed}:
         close(contrib(a, g), contrib(b, g))
 
@@ -249,8 +259,15 @@ def test_padding_values_never_affect_value_or_gradient(xp, case, data):
     def fn(lp, ent, extra_arrays):
         def f(lp_, ent_):
             kw = {"ref_logp": extra_arrays["ref_logp"]} if "ref_logp" in extra_arrays else {}
-            return hc.haepo_loss(lp_, xp.asarray(returns), xp.asarray(mask), group_ids=gid,
-                                 entropy=ent_, **kw, **opts)
+            return hc.haepo_loss(
+                lp_,
+                xp.asarray(returns),
+                xp.asarray(mask),
+                group_ids=gid,
+                entropy=ent_,
+                **kw,
+                **opts,
+            )
 
         return f
 
@@ -290,12 +307,14 @@ def test_packed_equals_padded_values_and_gradients(xp, case, data):
     ret = xp.asarray(returns)
 
     def padded(lp, ent):
-        return hc.haepo_loss(lp, ret, xp.asarray(mask), group_ids=gid, entropy=ent, **ref_pad,
-                             **opts)
+        return hc.haepo_loss(
+            lp, ret, xp.asarray(mask), group_ids=gid, entropy=ent, **ref_pad, **opts
+        )
 
     def packed(lp, ent):
-        return hc.haepo_loss_packed(lp, xp.asarray(rows), ret, group_ids=gid, entropy=ent,
-                                    **ref_pack, **opts)
+        return hc.haepo_loss_packed(
+            lp, xp.asarray(rows), ret, group_ids=gid, entropy=ent, **ref_pack, **opts
+        )
 
     ent_pad = xp.asarray(extra["entropy"]) if extra else None
     ent_pack = xp.asarray(extra["entropy"][rows, cols]) if extra else None
@@ -329,8 +348,9 @@ def test_autodiff_gradient_equals_closed_form(xp, case):
     ref = {"ref_logp": xp.asarray(extra["ref_logp"])} if extra else {}
 
     def f(lp, ent):
-        return hc.haepo_loss(lp, xp.asarray(returns), xp.asarray(mask), group_ids=gid,
-                             entropy=ent, **ref, **opts)
+        return hc.haepo_loss(
+            lp, xp.asarray(returns), xp.asarray(mask), group_ids=gid, entropy=ent, **ref, **opts
+        )
 
     ent = xp.asarray(extra["entropy"]) if extra else None
     out, grads = autodiff(xp, f, xp.asarray(logp), ent)
@@ -371,6 +391,7 @@ def test_closed_form_gradient_equals_float64_central_finite_differences(case):
     np.testing.assert_allclose(closed["logp"], fd, rtol=1e-6, atol=1e-8)
     assert np.all(fd[~mask] == 0.0)
     if extra:
+
         def loss_of_entropy(ent):
             return float(hc.haepo_loss(logp, returns, mask, **kw, **{**extra, "entropy": ent}).loss)
 

@@ -33,8 +33,9 @@ def jax_np():
 
 def _loss_fn(**opts):
     def f(logp, returns, mask, group_ids, ref_logp):
-        return hc.haepo_loss(logp, returns, mask, group_ids=group_ids, ref_logp=ref_logp,
-                             kl_coef=0.2, **opts).loss
+        return hc.haepo_loss(
+            logp, returns, mask, group_ids=group_ids, ref_logp=ref_logp, kl_coef=0.2, **opts
+        ).loss
 
     return f
 
@@ -50,8 +51,9 @@ def test_jit_matches_eager_with_traced_group_ids_and_gradient(jax_np):
         traced = float(jax.jit(f)(*args))
         assert traced == pytest.approx(eager, rel=1e-12, abs=1e-14)
         g = jax.jit(jax.grad(f))(*args)
-        _, closed = hc.haepo_grad(LOGP, RETURNS, MASK, group_ids=GIDS, ref_logp=REF,
-                                  kl_coef=0.2, **opts)
+        _, closed = hc.haepo_grad(
+            LOGP, RETURNS, MASK, group_ids=GIDS, ref_logp=REF, kl_coef=0.2, **opts
+        )
         np.testing.assert_allclose(np.asarray(g), closed["logp"], rtol=1e-10, atol=1e-13)
 
 
@@ -60,9 +62,14 @@ def test_jit_with_traced_coefficients(jax_np):
     jax, jnp = jax_np
 
     def f(logp, kl_coef, temperature):
-        return hc.haepo_loss(logp, jnp.asarray(RETURNS), jnp.asarray(MASK),
-                             ref_logp=jnp.asarray(REF), kl_coef=kl_coef,
-                             temperature=temperature).loss
+        return hc.haepo_loss(
+            logp,
+            jnp.asarray(RETURNS),
+            jnp.asarray(MASK),
+            ref_logp=jnp.asarray(REF),
+            kl_coef=kl_coef,
+            temperature=temperature,
+        ).loss
 
     traced = jax.jit(f)(jnp.asarray(LOGP), 0.3, 2.0)
     eager = hc.haepo_loss(LOGP, RETURNS, MASK, ref_logp=REF, kl_coef=0.3, temperature=2.0).loss
@@ -91,9 +98,11 @@ def test_shape_and_dtype_errors_still_raise_at_trace_time_under_jit(jax_np, bad,
 
 def test_option_errors_still_raise_under_jit(jax_np):
     jax, jnp = jax_np
-    for opts, pattern in (({"temperature": 0.0}, "temperature"),
-                          ({"kl_estimator": "k5"}, "kl_estimator: expected one of"),
-                          ({"normalize_returns": "rank"}, "normalize_returns: expected one of")):
+    for opts, pattern in (
+        ({"temperature": 0.0}, "temperature"),
+        ({"kl_estimator": "k5"}, "kl_estimator: expected one of"),
+        ({"normalize_returns": "rank"}, "normalize_returns: expected one of"),
+    ):
         with pytest.raises(ValueError, match=pattern):
             jax.jit(_loss_fn(**opts))(*(jnp.asarray(a) for a in (LOGP, RETURNS, MASK, GIDS, REF)))
 
@@ -112,6 +121,7 @@ def test_value_checks_are_skipped_under_jit_and_nan_propagates(jax_np):
     # padding is still sanitized under jit: NaN/inf there change nothing
     padded = np.where(MASK, LOGP, np.nan)
     assert float(f(jnp.asarray(padded), *rest)) == pytest.approx(float(f(jnp.asarray(LOGP), *rest)))
+
     # an empty trajectory is not detected under jit: it counts with L_k = 0 (check eagerly)
     def plain(logp, mask):
         return hc.haepo_loss(logp, rest[0], mask, group_ids=rest[2]).loss
@@ -153,6 +163,7 @@ def test_import_haepo_core_imports_no_array_framework():
         "print(json.dumps(sorted(m for m in ('torch', 'jax', 'jaxlib', 'numpy', 'array_api_strict',"
         " 'cupy', 'tensorflow') if m in sys.modules)))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []

@@ -50,7 +50,7 @@ def _load(path: Path) -> dict:
 
 
 def test_vector_set_covers_the_required_cases():
-    """A few dozen vectors, under ~2 MB, covering every option the issue names."""
+    """A few dozen vectors, under ~2 MB, covering every option of the objective."""
     assert 30 <= len(VECTOR_FILES) <= 60
     assert sum(p.stat().st_size for p in VECTOR_FILES) < 2 * 1024 * 1024
     docs = [_load(p) for p in VECTOR_FILES]
@@ -68,8 +68,12 @@ def test_vector_set_covers_the_required_cases():
     assert max(sizes) == 4096 and min(sizes) == 1
     padded = [d for d in docs if d["function"] == "haepo_loss"]
     assert max(d["inputs"]["logp"]["shape"][-1] for d in padded) >= 2048
-    lowest = min(np.nanmin(_decode_array(d["inputs"]["logp"])[np.isfinite(
-        _decode_array(d["inputs"]["logp"]))]) for d in docs)
+    lowest = min(
+        np.nanmin(
+            _decode_array(d["inputs"]["logp"])[np.isfinite(_decode_array(d["inputs"]["logp"]))]
+        )
+        for d in docs
+    )
     assert lowest <= -999_000.0
     for d in docs:
         assert set(d["options"]) == OPTION_KEYS, d["name"]

@@ -11,7 +11,7 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from haepo_backends.jax import haepo_loss_from_hidden, haepo_loss_from_logits  # noqa: E402
-from haepo_backends.jax._fused import default_chunk_size  # noqa: E402
+from haepo_backends.jax._lean import default_chunk_size  # noqa: E402
 
 import haepo_core as hc  # noqa: E402
 
@@ -33,11 +33,19 @@ def _data(seed=0, masked_vocab=False):
     logits[~mask] = np.nan  # padding garbage
     actions[~mask] = -100
     return dict(
-        logits=logits, clean=clean, ref_logits=ref_logits, actions=actions, mask=mask,
-        returns=rng.normal(size=M), group_ids=np.array([0, 0, 1, 1, 1, 2]),
-        ref_logp=rng.normal(size=(M, T)) - 2, hidden=rng.normal(size=(M, T, H)),
-        weight=rng.normal(size=(V, H)), bias=rng.normal(size=V),
-        ref_hidden=rng.normal(size=(M, T, H)), ref_weight=rng.normal(size=(V, H)),
+        logits=logits,
+        clean=clean,
+        ref_logits=ref_logits,
+        actions=actions,
+        mask=mask,
+        returns=rng.normal(size=M),
+        group_ids=np.array([0, 0, 1, 1, 1, 2]),
+        ref_logp=rng.normal(size=(M, T)) - 2,
+        hidden=rng.normal(size=(M, T, H)),
+        weight=rng.normal(size=(V, H)),
+        bias=rng.normal(size=V),
+        ref_hidden=rng.normal(size=(M, T, H)),
+        ref_weight=rng.normal(size=(V, H)),
     )
 
 
@@ -45,9 +53,13 @@ def _core_loss(d, logits, ref, **kw):
     """The core on JAX arrays (autodiff reference); padding rows zeroed for the gradient."""
     mask = jnp.asarray(d["mask"])
     return hc.haepo_loss_from_logits(
-        jnp.where(mask[..., None], logits, 0.0), jnp.asarray(d["actions"]),
-        jnp.asarray(d["returns"]), mask, group_ids=jnp.asarray(d["group_ids"]),
-        ref_logits=ref, **kw,
+        jnp.where(mask[..., None], logits, 0.0),
+        jnp.asarray(d["actions"]),
+        jnp.asarray(d["returns"]),
+        mask,
+        group_ids=jnp.asarray(d["group_ids"]),
+        ref_logits=ref,
+        **kw,
     )
 
 
@@ -61,8 +73,15 @@ def test_from_logits_exact_kl_matches_core_values_and_grads(chunk):
 
     def mine(lg):
         return haepo_loss_from_logits(
-            lg, jnp.asarray(d["actions"]), jnp.asarray(d["returns"]), jnp.asarray(d["mask"]),
-            ref_logits=ref, group_ids=jnp.asarray(d["group_ids"]), chunk_size=chunk, **KW)
+            lg,
+            jnp.asarray(d["actions"]),
+            jnp.asarray(d["returns"]),
+            jnp.asarray(d["mask"]),
+            ref_logits=ref,
+            group_ids=jnp.asarray(d["group_ids"]),
+            chunk_size=chunk,
+            **KW,
+        )
 
     out = mine(jnp.asarray(d["logits"]))
     core = _core_loss(d, jnp.asarray(d["clean"]), ref, **KW)
@@ -82,16 +101,27 @@ def test_from_logits_estimator_and_masked_vocabulary_match_core(estimator):
 
     def mine(lg):
         return haepo_loss_from_logits(
-            lg, jnp.asarray(d["actions"]), jnp.asarray(d["returns"]), jnp.asarray(d["mask"]),
-            ref_logp=jnp.asarray(d["ref_logp"]), group_ids=jnp.asarray(d["group_ids"]),
-            chunk_size=4, **kw)
+            lg,
+            jnp.asarray(d["actions"]),
+            jnp.asarray(d["returns"]),
+            jnp.asarray(d["mask"]),
+            ref_logp=jnp.asarray(d["ref_logp"]),
+            group_ids=jnp.asarray(d["group_ids"]),
+            chunk_size=4,
+            **kw,
+        )
 
     def core(lg):
         mask = jnp.asarray(d["mask"])
         return hc.haepo_loss_from_logits(
-            jnp.where(mask[..., None], lg, 0.0), jnp.asarray(d["actions"]),
-            jnp.asarray(d["returns"]), mask, group_ids=jnp.asarray(d["group_ids"]),
-            ref_logp=jnp.asarray(d["ref_logp"]), **kw)
+            jnp.where(mask[..., None], lg, 0.0),
+            jnp.asarray(d["actions"]),
+            jnp.asarray(d["returns"]),
+            mask,
+            group_ids=jnp.asarray(d["group_ids"]),
+            ref_logp=jnp.asarray(d["ref_logp"]),
+            **kw,
+        )
 
     out = mine(jnp.asarray(d["logits"]))
     ref = core(jnp.asarray(d["clean"]))
@@ -100,17 +130,22 @@ def test_from_logits_estimator_and_masked_vocabulary_match_core(estimator):
     g = jax.grad(lambda x: mine(x).loss)(jnp.asarray(d["logits"]))
     g_ref = jax.grad(lambda x: core(x).loss)(jnp.asarray(d["clean"]))
     assert np.all(np.isfinite(np.asarray(g)))
-    np.testing.assert_allclose(g, np.nan_to_num(np.asarray(g_ref), nan=0.0), rtol=1e-9,
-                               atol=1e-13)
+    np.testing.assert_allclose(g, np.nan_to_num(np.asarray(g_ref), nan=0.0), rtol=1e-9, atol=1e-13)
 
 
 def test_from_logits_exact_kl_with_masked_vocabulary_matches_core():
     d = _data(seed=2, masked_vocab=True)
     ref = jnp.asarray(d["ref_logits"])
     out = haepo_loss_from_logits(
-        jnp.asarray(d["logits"]), jnp.asarray(d["actions"]), jnp.asarray(d["returns"]),
-        jnp.asarray(d["mask"]), ref_logits=ref, group_ids=jnp.asarray(d["group_ids"]),
-        chunk_size=3, **KW)
+        jnp.asarray(d["logits"]),
+        jnp.asarray(d["actions"]),
+        jnp.asarray(d["returns"]),
+        jnp.asarray(d["mask"]),
+        ref_logits=ref,
+        group_ids=jnp.asarray(d["group_ids"]),
+        chunk_size=3,
+        **KW,
+    )
     core = _core_loss(d, jnp.asarray(d["clean"]), ref, **KW)
     assert np.isfinite(float(out.loss))
     np.testing.assert_allclose(out.loss, core.loss, rtol=1e-12)
@@ -127,8 +162,18 @@ def test_from_hidden_matches_core_on_materialized_logits(own_ref_head):
 
     def mine(h, w, b):
         return haepo_loss_from_hidden(
-            h, w, a["actions"], a["returns"], a["mask"], bias=b, ref_hidden=a["ref_hidden"],
-            group_ids=a["group_ids"], chunk_size=4, **refkw, **KW)
+            h,
+            w,
+            a["actions"],
+            a["returns"],
+            a["mask"],
+            bias=b,
+            ref_hidden=a["ref_hidden"],
+            group_ids=a["group_ids"],
+            chunk_size=4,
+            **refkw,
+            **KW,
+        )
 
     def core(h, w, b):
         ref = jax.lax.stop_gradient(a["ref_hidden"] @ rw.T + rb)
@@ -141,9 +186,11 @@ def test_from_hidden_matches_core_on_materialized_logits(own_ref_head):
     np.testing.assert_allclose(out.loss, ref.loss, rtol=1e-12)
     np.testing.assert_allclose(out.stats["kl"], ref.stats["kl"], rtol=1e-12)
     g = jax.jit(jax.grad(lambda *x: mine(*x).loss, argnums=(0, 1, 2)))(
-        hidden, a["weight"], a["bias"])
+        hidden, a["weight"], a["bias"]
+    )
     g_ref = jax.grad(lambda *x: core(*x).loss, argnums=(0, 1, 2))(
-        a["hidden"], a["weight"], a["bias"])
+        a["hidden"], a["weight"], a["bias"]
+    )
     for name, x, y in zip(("hidden", "weight", "bias"), g, g_ref):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)
 
@@ -154,17 +201,32 @@ def test_from_hidden_with_ref_logp_estimator_and_no_bias():
     kw = dict(KW, kl_estimator="k2")
 
     def mine(h, w):
-        return haepo_loss_from_hidden(h, w, a["actions"], a["returns"], a["mask"],
-                                      ref_logp=a["ref_logp"], group_ids=a["group_ids"],
-                                      chunk_size=7, **kw).loss
+        return haepo_loss_from_hidden(
+            h,
+            w,
+            a["actions"],
+            a["returns"],
+            a["mask"],
+            ref_logp=a["ref_logp"],
+            group_ids=a["group_ids"],
+            chunk_size=7,
+            **kw,
+        ).loss
 
     def core(h, w):
         return hc.haepo_loss_from_logits(
-            h @ w.T, a["actions"], a["returns"], a["mask"], ref_logp=a["ref_logp"],
-            group_ids=a["group_ids"], **kw).loss
+            h @ w.T,
+            a["actions"],
+            a["returns"],
+            a["mask"],
+            ref_logp=a["ref_logp"],
+            group_ids=a["group_ids"],
+            **kw,
+        ).loss
 
-    np.testing.assert_allclose(mine(a["hidden"], a["weight"]), core(a["hidden"], a["weight"]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        mine(a["hidden"], a["weight"]), core(a["hidden"], a["weight"]), rtol=1e-12
+    )
     g = jax.grad(mine, argnums=(0, 1))(a["hidden"], a["weight"])
     g_ref = jax.grad(core, argnums=(0, 1))(a["hidden"], a["weight"])
     for x, y in zip(g, g_ref):
@@ -176,17 +238,37 @@ def test_from_hidden_bfloat16_accumulates_in_float32():
     h16 = jnp.asarray(d["hidden"], jnp.bfloat16)
     w16 = jnp.asarray(d["weight"], jnp.bfloat16)
     kw = dict(group_ids=jnp.asarray(d["group_ids"]), entropy_coef=0.1, chunk_size=4)
-    out = haepo_loss_from_hidden(h16, w16, jnp.asarray(d["actions"]),
-                                 jnp.asarray(d["returns"], jnp.float32), jnp.asarray(d["mask"]),
-                                 **kw)
+    out = haepo_loss_from_hidden(
+        h16,
+        w16,
+        jnp.asarray(d["actions"]),
+        jnp.asarray(d["returns"], jnp.float32),
+        jnp.asarray(d["mask"]),
+        **kw,
+    )
     assert out.loss.dtype == jnp.bfloat16
-    ref = haepo_loss_from_hidden(jnp.asarray(h16, jnp.float32), jnp.asarray(w16, jnp.float32),
-                                 jnp.asarray(d["actions"]), jnp.asarray(d["returns"], jnp.float32),
-                                 jnp.asarray(d["mask"]), **kw)
+    ref = haepo_loss_from_hidden(
+        jnp.asarray(h16, jnp.float32),
+        jnp.asarray(w16, jnp.float32),
+        jnp.asarray(d["actions"]),
+        jnp.asarray(d["returns"], jnp.float32),
+        jnp.asarray(d["mask"]),
+        **kw,
+    )
     np.testing.assert_allclose(float(out.loss), float(ref.loss), rtol=1e-2, atol=1e-2)
-    gh, gw = jax.grad(lambda h, w: haepo_loss_from_hidden(
-        h, w, jnp.asarray(d["actions"]), jnp.asarray(d["returns"], jnp.float32),
-        jnp.asarray(d["mask"]), **kw).loss, argnums=(0, 1))(h16, w16)
+    gh, gw = jax.grad(
+        lambda h, w: (
+            haepo_loss_from_hidden(
+                h,
+                w,
+                jnp.asarray(d["actions"]),
+                jnp.asarray(d["returns"], jnp.float32),
+                jnp.asarray(d["mask"]),
+                **kw,
+            ).loss
+        ),
+        argnums=(0, 1),
+    )(h16, w16)
     assert gh.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
     assert np.all(np.isfinite(np.asarray(gw, np.float32)))
 
@@ -217,17 +299,22 @@ def test_compiled_temporaries_stay_flat_in_tokens(path):
             if which == "core":
                 f = lambda x, y: hc.haepo_loss_from_logits(x, a, r, ref_logits=y, **kw).loss
             else:
-                f = lambda x, y: haepo_loss_from_logits(x, a, r, ref_logits=y, chunk_size=chunk,
-                                                        **kw).loss
+                f = lambda x, y: (
+                    haepo_loss_from_logits(x, a, r, ref_logits=y, chunk_size=chunk, **kw).loss
+                )
             return _temp_bytes(jax.value_and_grad(f), lg, lg)
         hid = jnp.zeros((m, t, h), jnp.float32)
         w = jnp.zeros((v, h), jnp.float32)
         if which == "core":
-            f = lambda x, y: hc.haepo_loss_from_logits(
-                x @ y.T, a, r, ref_logits=jax.lax.stop_gradient(x @ y.T + 1), **kw).loss
+            f = lambda x, y: (
+                hc.haepo_loss_from_logits(
+                    x @ y.T, a, r, ref_logits=jax.lax.stop_gradient(x @ y.T + 1), **kw
+                ).loss
+            )
         else:
-            f = lambda x, y: haepo_loss_from_hidden(x, y, a, r, ref_hidden=x + 1,
-                                                    chunk_size=chunk, **kw).loss
+            f = lambda x, y: (
+                haepo_loss_from_hidden(x, y, a, r, ref_hidden=x + 1, chunk_size=chunk, **kw).loss
+            )
         return _temp_bytes(jax.value_and_grad(f, argnums=(0, 1)), hid, w)
 
     small, large = temps(64, "fused"), temps(512, "fused")

@@ -15,7 +15,13 @@ from jax.test_util import check_grads  # noqa: E402
 import haepo_core as hc  # noqa: E402
 
 STAT_KEYS = (
-    "policy_loss", "entropy", "kl", "ess", "ess_min", "max_weight", "weighted_return",
+    "policy_loss",
+    "entropy",
+    "kl",
+    "ess",
+    "ess_min",
+    "max_weight",
+    "weighted_return",
     "num_groups",
 )
 
@@ -33,8 +39,14 @@ def _problem(seed=0, m=12, t=7, n_groups=4, garbage=True):
         logp[~mask] = np.nan
         entropy[~mask] = np.inf
         ref_logp[~mask] = -np.inf
-    return dict(logp=logp, returns=returns, mask=mask, group_ids=group_ids, entropy=entropy,
-                ref_logp=ref_logp)
+    return dict(
+        logp=logp,
+        returns=returns,
+        mask=mask,
+        group_ids=group_ids,
+        entropy=entropy,
+        ref_logp=ref_logp,
+    )
 
 
 def _j(d):
@@ -53,12 +65,14 @@ CASES = [
 def _assert_output(out, ref, rtol=1e-10, atol=1e-12):
     np.testing.assert_allclose(np.asarray(out.loss), ref.loss, rtol=rtol, atol=atol)
     for name in ("weights", "normalized_returns", "log_likelihood"):
-        np.testing.assert_allclose(np.asarray(getattr(out, name)), getattr(ref, name),
-                                   rtol=rtol, atol=atol, err_msg=name)
-    assert set(out.stats) == set(STAT_KEYS)
+        np.testing.assert_allclose(
+            np.asarray(getattr(out, name)), getattr(ref, name), rtol=rtol, atol=atol, err_msg=name
+        )
+    assert out.stats.keys() == hc.HAEPOStats._fields == STAT_KEYS
     for k in STAT_KEYS:
-        np.testing.assert_allclose(np.asarray(out.stats[k]), ref.stats[k], rtol=rtol,
-                                   atol=atol, err_msg=k)
+        np.testing.assert_allclose(
+            np.asarray(out.stats[k]), ref.stats[k], rtol=rtol, atol=atol, err_msg=k
+        )
 
 
 MODES = [("eager", c) for c in range(len(CASES))] + [("jit", 1), ("jit", 3), ("jit_num_groups", 1)]
@@ -69,9 +83,13 @@ def test_padded_matches_core_value_stats_and_closed_form_grad(mode, case_index):
     case = CASES[case_index]
     p = _problem()
     ref, ref_grads = hc.haepo_grad(
-        np.where(p["mask"], p["logp"], 0.0), p["returns"], p["mask"], group_ids=p["group_ids"],
+        np.where(p["mask"], p["logp"], 0.0),
+        p["returns"],
+        p["mask"],
+        group_ids=p["group_ids"],
         entropy=np.where(p["mask"], p["entropy"], 0.0),
-        ref_logp=np.where(p["mask"], p["ref_logp"], 0.0), **case,
+        ref_logp=np.where(p["mask"], p["ref_logp"], 0.0),
+        **case,
     )
     a = _j(p)
     kw = dict(case)
@@ -81,8 +99,15 @@ def test_padded_matches_core_value_stats_and_closed_form_grad(mode, case_index):
         kw["num_groups"] = int(dense.max()) + 1
 
     def f(logp, entropy, rest):
-        out = haepo_loss(logp, rest["returns"], rest["mask"], group_ids=rest["group_ids"],
-                         entropy=entropy, ref_logp=rest["ref_logp"], **kw)
+        out = haepo_loss(
+            logp,
+            rest["returns"],
+            rest["mask"],
+            group_ids=rest["group_ids"],
+            entropy=entropy,
+            ref_logp=rest["ref_logp"],
+            **kw,
+        )
         return out.loss, out
 
     vg = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
@@ -101,11 +126,17 @@ def test_closed_form_vjp_matches_numerical_gradient():
     a = _j(p)
 
     def f(logp, temperature):
-        return haepo_loss(logp, a["returns"], a["mask"], group_ids=a["group_ids"],
-                          temperature=temperature).loss
+        return haepo_loss(
+            logp, a["returns"], a["mask"], group_ids=a["group_ids"], temperature=temperature
+        ).loss
 
-    check_grads(lambda x, t: f(jnp.asarray(x), jnp.asarray(t)), (a["logp"], 1.3), order=1,
-                modes=["rev"], eps=1e-6)
+    check_grads(
+        lambda x, t: f(jnp.asarray(x), jnp.asarray(t)),
+        (a["logp"], 1.3),
+        order=1,
+        modes=["rev"],
+        eps=1e-6,
+    )
 
 
 def test_gradient_through_weights_output_matches_autodiff_of_core():
@@ -116,15 +147,15 @@ def test_gradient_through_weights_output_matches_autodiff_of_core():
 
     def mine(x):
         out = haepo_loss(x, a["returns"], a["mask"], group_ids=a["group_ids"], temperature=0.7)
-        return out.loss + jnp.sum(out.weights * c) + jnp.sum(out.log_likelihood ** 2) * 1e-3
+        return out.loss + jnp.sum(out.weights * c) + jnp.sum(out.log_likelihood**2) * 1e-3
 
     def core(x):
-        out = hc.haepo_loss(x, a["returns"], a["mask"], group_ids=a["group_ids"],
-                            temperature=0.7)
-        return out.loss + jnp.sum(out.weights * c) + jnp.sum(out.log_likelihood ** 2) * 1e-3
+        out = hc.haepo_loss(x, a["returns"], a["mask"], group_ids=a["group_ids"], temperature=0.7)
+        return out.loss + jnp.sum(out.weights * c) + jnp.sum(out.log_likelihood**2) * 1e-3
 
-    np.testing.assert_allclose(jax.grad(mine)(a["logp"]), jax.grad(core)(a["logp"]),
-                               rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        jax.grad(mine)(a["logp"]), jax.grad(core)(a["logp"]), rtol=1e-10, atol=1e-13
+    )
 
 
 def test_traced_coefficients_under_jit_and_their_gradients():
@@ -134,15 +165,30 @@ def test_traced_coefficients_under_jit_and_their_gradients():
 
     @jax.jit
     def mine(ec, kc, tau):
-        return haepo_loss(a["logp"], a["returns"], a["mask"], entropy_coef=ec, kl_coef=kc,
-                          temperature=tau, **args).loss
+        return haepo_loss(
+            a["logp"], a["returns"], a["mask"], entropy_coef=ec, kl_coef=kc, temperature=tau, **args
+        ).loss
 
     def core(ec, kc, tau):
-        clean = {k: jnp.where(a["mask"], v, 0.0) for k, v in
-                 (("logp", a["logp"]), ("entropy", a["entropy"]), ("ref_logp", a["ref_logp"]))}
-        return hc.haepo_loss(clean["logp"], a["returns"], a["mask"], group_ids=a["group_ids"],
-                             entropy=clean["entropy"], ref_logp=clean["ref_logp"],
-                             entropy_coef=ec, kl_coef=kc, temperature=tau).loss
+        clean = {
+            k: jnp.where(a["mask"], v, 0.0)
+            for k, v in (
+                ("logp", a["logp"]),
+                ("entropy", a["entropy"]),
+                ("ref_logp", a["ref_logp"]),
+            )
+        }
+        return hc.haepo_loss(
+            clean["logp"],
+            a["returns"],
+            a["mask"],
+            group_ids=a["group_ids"],
+            entropy=clean["entropy"],
+            ref_logp=clean["ref_logp"],
+            entropy_coef=ec,
+            kl_coef=kc,
+            temperature=tau,
+        ).loss
 
     coefs = (jnp.asarray(0.1), jnp.asarray(0.3), jnp.asarray(1.4))
     np.testing.assert_allclose(mine(*coefs), core(*coefs), rtol=1e-12)
@@ -162,15 +208,21 @@ def test_vmap_over_independent_problems_equals_a_loop(num_groups):
     gids = jnp.asarray(np.stack([rng.permutation(np.repeat(np.arange(3), 3)) for _ in range(b)]))
 
     def one(lp, r, mk, g):
-        return haepo_loss(lp, r, mk, group_ids=g, num_groups=num_groups, kl_coef=0.1,
-                          ref_logp=lp * 1.1)
+        return haepo_loss(
+            lp, r, mk, group_ids=g, num_groups=num_groups, kl_coef=0.1, ref_logp=lp * 1.1
+        )
 
     batched = jax.vmap(one)(logp, returns, mask, gids)
     grads = jax.vmap(jax.grad(lambda *x: one(*x).loss))(logp, returns, mask, gids)
     for i in range(b):
-        ref = hc.haepo_loss(np.asarray(logp[i]), np.asarray(returns[i]), np.asarray(mask[i]),
-                            group_ids=np.asarray(gids[i]), kl_coef=0.1,
-                            ref_logp=np.asarray(logp[i]) * 1.1)
+        ref = hc.haepo_loss(
+            np.asarray(logp[i]),
+            np.asarray(returns[i]),
+            np.asarray(mask[i]),
+            group_ids=np.asarray(gids[i]),
+            kl_coef=0.1,
+            ref_logp=np.asarray(logp[i]) * 1.1,
+        )
         np.testing.assert_allclose(batched.loss[i], ref.loss, rtol=1e-10)
         np.testing.assert_allclose(batched.weights[i], ref.weights, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(batched.stats["num_groups"][i], 3.0)
@@ -184,16 +236,27 @@ def test_packed_matches_core_packed_and_padded(mode):
     mask = p["mask"]
     seg = np.nonzero(mask)[0]
     perm = np.random.default_rng(0).permutation(seg.size)  # steps need not be ordered
-    logp, seg, ent, ref = (p["logp"][mask][perm], seg[perm], p["entropy"][mask][perm],
-                           p["ref_logp"][mask][perm])
+    logp, seg, ent, ref = (
+        p["logp"][mask][perm],
+        seg[perm],
+        p["entropy"][mask][perm],
+        p["ref_logp"][mask][perm],
+    )
     kw = dict(entropy_coef=0.1, kl_coef=0.2, temperature=1.2)
-    core = hc.haepo_loss_packed(logp, seg, p["returns"], group_ids=p["group_ids"],
-                                entropy=ent, ref_logp=ref, **kw)
+    core = hc.haepo_loss_packed(
+        logp, seg, p["returns"], group_ids=p["group_ids"], entropy=ent, ref_logp=ref, **kw
+    )
 
     def f(x):
-        out = haepo_loss_packed(x, jnp.asarray(seg), jnp.asarray(p["returns"]),
-                                group_ids=jnp.asarray(p["group_ids"]), entropy=jnp.asarray(ent),
-                                ref_logp=jnp.asarray(ref), **kw)
+        out = haepo_loss_packed(
+            x,
+            jnp.asarray(seg),
+            jnp.asarray(p["returns"]),
+            group_ids=jnp.asarray(p["group_ids"]),
+            entropy=jnp.asarray(ent),
+            ref_logp=jnp.asarray(ref),
+            **kw,
+        )
         return out.loss, out
 
     vg = jax.value_and_grad(f, has_aux=True)
@@ -201,9 +264,15 @@ def test_packed_matches_core_packed_and_padded(mode):
         vg = jax.jit(vg)
     (_, out), g = vg(jnp.asarray(logp))
     _assert_output(out, core)
-    _, g_pad = hc.haepo_grad(np.where(mask, p["logp"], 0.0), p["returns"], mask,
-                             group_ids=p["group_ids"], entropy=np.where(mask, p["entropy"], 0),
-                             ref_logp=np.where(mask, p["ref_logp"], 0), **kw)
+    _, g_pad = hc.haepo_grad(
+        np.where(mask, p["logp"], 0.0),
+        p["returns"],
+        mask,
+        group_ids=p["group_ids"],
+        entropy=np.where(mask, p["entropy"], 0),
+        ref_logp=np.where(mask, p["ref_logp"], 0),
+        **kw,
+    )
     np.testing.assert_allclose(np.asarray(g), g_pad["logp"][mask][perm], rtol=1e-9, atol=1e-13)
 
 
@@ -211,14 +280,26 @@ def test_packed_matches_core_packed_and_padded(mode):
 def test_float32_and_float64_compute_and_output_dtypes(dtype):
     p = _problem(seed=6)
     a = {k: jnp.asarray(v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in p.items()}
-    out = haepo_loss(a["logp"], a["returns"], a["mask"], group_ids=a["group_ids"],
-                     entropy=a["entropy"], ref_logp=a["ref_logp"], entropy_coef=0.1, kl_coef=0.1)
+    out = haepo_loss(
+        a["logp"],
+        a["returns"],
+        a["mask"],
+        group_ids=a["group_ids"],
+        entropy=a["entropy"],
+        ref_logp=a["ref_logp"],
+        entropy_coef=0.1,
+        kl_coef=0.1,
+    )
     assert out.loss.dtype == jnp.dtype(dtype) and out.weights.dtype == jnp.dtype(dtype)
     assert all(v.dtype == jnp.dtype(dtype) for v in out.stats.values())
     ref = hc.haepo_loss(
-        np.where(p["mask"], p["logp"], 0).astype(dtype), p["returns"].astype(dtype), p["mask"],
-        group_ids=p["group_ids"], entropy=np.where(p["mask"], p["entropy"], 0).astype(dtype),
-        ref_logp=np.where(p["mask"], p["ref_logp"], 0).astype(dtype), entropy_coef=0.1,
+        np.where(p["mask"], p["logp"], 0).astype(dtype),
+        p["returns"].astype(dtype),
+        p["mask"],
+        group_ids=p["group_ids"],
+        entropy=np.where(p["mask"], p["entropy"], 0).astype(dtype),
+        ref_logp=np.where(p["mask"], p["ref_logp"], 0).astype(dtype),
+        entropy_coef=0.1,
         kl_coef=0.1,
     )
     tol = 1e-5 if dtype == "float32" else 1e-12

@@ -87,7 +87,7 @@ def test_compiled_padded_matches_eager_values_and_gradients():
     )
     torch.testing.assert_close(oc.loss, o.loss)
     torch.testing.assert_close(oc.weights, o.weights)
-    for k in o.stats:
+    for k in o.stats.keys():
         torch.testing.assert_close(oc.stats[k], o.stats[k], msg=k)
     torch.testing.assert_close(gc, g)
 

@@ -72,7 +72,7 @@ def test_padded_matches_core_values_and_gradients(seed, m, t, kw):
     torch.testing.assert_close(o.weights, oc.weights)
     torch.testing.assert_close(o.normalized_returns, oc.normalized_returns)
     torch.testing.assert_close(o.log_likelihood, oc.log_likelihood)
-    for k in oc.stats:
+    for k in oc.stats.keys():
         torch.testing.assert_close(o.stats[k], oc.stats[k], msg=k)
     torch.testing.assert_close(gl, glc)
     torch.testing.assert_close(ge, gec)

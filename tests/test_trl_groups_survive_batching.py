@@ -1,8 +1,10 @@
-"""HAEPO groups stay whole through TRL's batching: micro-batches and processes.
+"""HAEPO groups through TRL's batching: micro-batches and processes.
 
 The multi-process case is tested on TRL's and Accelerate's own samplers (``RepeatSampler``
 feeding ``BatchSamplerShard``, the path ``GRPOTrainer``'s dataloader takes), simulating each
-process's view; the constraint that makes splits impossible is enforced by ``HAEPOConfig``.
+process's view. When micro-batches can hold whole groups, the group shuffle keeps them whole;
+otherwise groups span micro-batches and processes (the split-group gradient), and only a
+layout that would split a group across optimizer steps is refused.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from accelerate.data_loader import BatchSamplerShard  # noqa: E402
-from haepo_adapters.trl import HAEPOConfig  # noqa: E402
 from haepo_adapters.trl._groups import (  # noqa: E402
     check_group_layout,
     check_whole_groups,
+    groups_fit_micro_batches,
     shuffle_groups,
 )
 from torch.utils.data import BatchSampler  # noqa: E402
@@ -140,7 +142,7 @@ def _groups_split_across_processes(views: list, g: int) -> bool:
 def test_valid_layout_keeps_groups_on_one_process_and_one_micro_batch(
     per_device: int, g: int, spg: int, processes: int
 ) -> None:
-    check_group_layout(per_device, g)  # the constraint HAEPOConfig enforces holds
+    assert groups_fit_micro_batches(per_device, g)  # micro-batches can hold whole groups
     views = _process_views(64, g, per_device, spg, processes)
     assert not _groups_split_across_processes(views, g)
     for p, batches in enumerate(views):
@@ -152,20 +154,23 @@ def test_valid_layout_keeps_groups_on_one_process_and_one_micro_batch(
 
 
 @pytest.mark.parametrize(
-    ("per_device", "g", "spg", "processes"), [(2, 4, 1, 2), (6, 4, 1, 2), (2, 8, 2, 2)]
+    ("per_device", "g", "spg", "processes"), [(2, 4, 1, 2), (6, 4, 1, 2), (3, 4, 2, 2)]
 )
-def test_invalid_layout_would_split_groups_across_processes_and_is_refused(
-    per_device: int, g: int, spg: int, processes: int, tmp_path
+def test_layout_splitting_groups_across_processes_is_accepted_for_split_groups(
+    per_device: int, g: int, spg: int, processes: int
 ) -> None:
+    # One optimizer step per generation batch (steps_per_generation == accumulation): a group
+    # spread over processes and micro-batches is handled by the split-group gradient (the
+    # trainer-level check is tests/test_trl_multiprocess_gloo.py).
     views = _process_views(64, g, per_device, spg, processes)
     assert _groups_split_across_processes(views, g)
-    with pytest.raises(ValueError, match="per_device_train_batch_size: HAEPO needs every micro"):
-        HAEPOConfig(
-            output_dir=str(tmp_path),
-            per_device_train_batch_size=per_device,
-            num_generations=g,
-            steps_per_generation=spg,
-            use_cpu=True,
-            bf16=False,
-            report_to=[],
-        )
+    check_group_layout(per_device, g, spg, spg)
+
+
+def test_layout_splitting_a_group_across_optimizer_steps_is_refused() -> None:
+    # 2 rows per process and step, 2 steps per generation, groups of 8: each optimizer step
+    # would see part of a group, whose gradient cannot be exact (the policy moves in between).
+    views = _process_views(64, 8, 2, 2, 2)
+    assert _groups_split_across_processes(views, 8)
+    with pytest.raises(ValueError, match="steps_per_generation: with per_device_train_batch"):
+        check_group_layout(2, 8, 1, 2)

@@ -54,7 +54,7 @@ def test_same_value_and_gradient_as_core(length_normalize: bool, temperature: fl
     torch.testing.assert_close(g_logp, c_logp)
     torch.testing.assert_close(g_ent, c_ent)
     torch.testing.assert_close(out.weights, core.weights)
-    for k in core.stats:
+    for k in core.stats.keys():
         torch.testing.assert_close(out.stats[k], core.stats[k])
     # Padding never gets a gradient.
     assert torch.all(g_logp[mask == 0] == 0)

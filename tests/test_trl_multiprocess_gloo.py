@@ -1,8 +1,11 @@
-"""HAEPOTrainer across 2 CPU processes (torch.distributed gloo): every group stays on one process.
+"""HAEPOTrainer across 2 CPU processes (torch.distributed gloo).
 
-Slow (two fresh interpreters import TRL): ``pytest -m slow tests/test_trl_multiprocess_gloo.py``.
-The default suite proves the same property on TRL's and Accelerate's samplers in
-tests/test_trl_groups_survive_batching.py; this runs the real trainer end to end.
+1. Micro-batches that hold whole groups keep every group on one process.
+2. A group that straddles the processes (and the micro-batches) gets the same SGD update as the
+   whole batch on one process: the split-group gradient all-gathers one ``L_k`` a completion.
+
+Slow (fresh interpreters import TRL): marked ``slow``. The default suite proves the batching
+property on TRL's and Accelerate's samplers in tests/test_trl_groups_survive_batching.py.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 G = 4
@@ -67,6 +71,70 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+TESTS = Path(__file__).parent
+
+
+def _spawn(module_or_script: list[str], tmp_path, extra_env: dict[str, str] | None = None):
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            HF_HUB_OFFLINE="1",
+            OMP_NUM_THREADS="1",
+            **(extra_env or {}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *module_or_script],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-3000:]
+
+
+@pytest.mark.slow
+def test_group_straddling_two_processes_gets_the_single_process_update(tmp_path) -> None:
+    from haepo_adapters.trl import save_char_level_model
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    import _trl_gloo_worker as worker
+
+    model_dir = str(save_char_level_model(tmp_path / "m", worker.ALPHABET, seed=2))
+    pythonpath = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    _spawn(
+        ["-P", "-m", "_trl_gloo_worker", model_dir, str(tmp_path)],
+        tmp_path,
+        {"PYTHONPATH": pythonpath},
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert all(r["split"] for r in ranks)
+    # Reference: the same 12 completions as one micro-batch on one process.
+    torch.set_num_threads(1)
+    ref = worker.run(model_dir, str(tmp_path / "single"), per_device=12, accum=1)
+    assert not ref["split"]
+    compared = 0
+    for name, want in ref["update"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["update"][name], want, rtol=1e-4, atol=1e-7, msg=name)
+        compared += bool(want.abs().sum() > 0)
+    assert compared > 0
+    for key in ("loss", "haepo/policy_loss", "haepo/ess", "haepo/ess_min", "haepo/entropy"):
+        for r in ranks:
+            assert r["logs"][0][key] == pytest.approx(ref["logs"][0][key], rel=1e-4), key
 
 
 @pytest.mark.slow

@@ -36,7 +36,6 @@ HAEPO_KEYS = (
     "haepo/ess_fraction",
     "haepo/max_weight",
     "haepo/entropy",
-    "haepo/kl",
     "haepo/weighted_return",
 )
 
@@ -109,6 +108,7 @@ def test_trains_offline_for_two_steps_with_accumulation_and_logs_haepo_metrics(
         assert 1.0 / G - 1e-6 <= h["haepo/max_weight"] <= 1.0
         assert h["haepo/entropy"] > 0 and h["entropy"] == h["haepo/entropy"]
         assert "clip_ratio/region_mean" not in h  # GRPO's loss did not run
+        assert "haepo/kl" not in h and "kl" not in h  # no KL computed, none logged
     after = _params(trainer.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
@@ -130,6 +130,7 @@ def test_loss_and_gradient_match_the_core_on_captured_step_tensors(
     b, t = inputs["completion_ids"].shape
     gen = torch.Generator().manual_seed(1)
     inputs["old_per_token_logps"] = -3 * torch.rand(b, t, generator=gen)  # the KL reference
+    trainer._prepare_window([inputs], fresh=False)  # the step is this one micro-batch
 
     # Rewards are the raw reward-function outputs, not GRPO's advantages.
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -197,9 +198,11 @@ def test_two_accumulation_steps_give_the_gradient_of_one_big_step(
     assert tokens[0] != tokens[1], "unequal token counts make the token-mean check meaningful"
 
     small.current_gradient_accumulation_steps = 2
+    small._prepare_window(micro, fresh=False)
     for mb in micro:
         small.compute_loss(small.model, mb).backward()
     big.current_gradient_accumulation_steps = 1
+    big._prepare_window([batch], fresh=False)
     big.compute_loss(big.model, batch).backward()
 
     compared = 0
@@ -231,6 +234,7 @@ def test_micro_batches_hold_whole_groups_and_a_split_group_is_refused(
     batch = trainer._generate_and_score_completions(_rows(dataset, 2))
     half = {k: (v[2:6] if torch.is_tensor(v) and v.ndim else v) for k, v in batch.items()}
     trainer.current_gradient_accumulation_steps = 1
+    trainer._prepare_window([half], fresh=False)
     with pytest.raises(RuntimeError, match="does not hold whole groups"):
         trainer.compute_loss(trainer.model, half)
 
@@ -296,7 +300,7 @@ def test_trainer_requires_a_haepo_config(model_dir, dataset, tmp_path) -> None:
 
 def test_eval_batches_must_hold_whole_groups(model_dir, dataset, tmp_path) -> None:
     args = _config(tmp_path, per_device_eval_batch_size=6, num_generations_eval=4)
-    with pytest.raises(ValueError, match="per_device_eval_batch_size: HAEPO needs"):
+    with pytest.raises(ValueError, match="per_device_eval_batch_size: HAEPO evaluates"):
         HAEPOTrainer(
             model=model_dir,
             reward_funcs=reward_a,
@@ -322,7 +326,11 @@ def test_eval_batches_must_hold_whole_groups(model_dir, dataset, tmp_path) -> No
         ("use_adaptive_entropy", True, ValueError, "use_adaptive_entropy"),
         ("top_entropy_quantile", 0.2, ValueError, "top_entropy_quantile"),
         ("off_policy_mask_threshold", 0.5, ValueError, "off_policy_mask_threshold"),
-        ("per_device_train_batch_size", 6, ValueError, "multiple of num_generations = 4"),
+        ("num_generations", 0, ValueError, "num_generations: expected an int >= 2"),
+        ("num_generations", 1, ValueError, "num_generations: expected an int >= 2"),
+        ("normalize_eps", float("inf"), ValueError, "normalize_eps: expected a finite number"),
+        ("normalize_eps", float("nan"), ValueError, "normalize_eps: expected a finite number"),
+        ("normalize_eps", -1e-3, ValueError, "normalize_eps: expected a finite number > 0"),
     ],
 )
 def test_config_rejects_bad_fields_with_a_clear_error(tmp_path, field, value, exc, match) -> None:
@@ -350,13 +358,16 @@ def test_kl_to_previous_policy_is_zero_while_on_policy(model_dir, dataset, tmp_p
     losses, grads = [], []
     for trainer in (with_kl, without):
         trainer.current_gradient_accumulation_steps = 1
+        trainer._prepare_window([inputs], fresh=False)
         loss = trainer.compute_loss(trainer.model, inputs)
         losses.append(loss)
         grads.append(torch.autograd.grad(loss, list(trainer.model.parameters())[:3]))
     torch.testing.assert_close(losses[0], losses[1])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
-    assert with_kl._metrics["train"]["haepo/kl"] == [0.0]
+    # Nothing was measured, so nothing is logged (not a fake 0).
+    assert "haepo/kl" not in with_kl._metrics["train"]
+    assert with_kl._metrics["train"]["haepo/entropy"]
 
 
 def test_kl_to_previous_policy_acts_when_a_batch_is_reused(model_dir, dataset, tmp_path) -> None:

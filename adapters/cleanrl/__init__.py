@@ -7,6 +7,9 @@
   log-prob, exact entropy and exact KL to the frozen reference.
 - :func:`haepo_trajectory_loss`: the HAEPO loss of a :class:`Trajectories` batch;
   :func:`haepo_padded_loss`: the same on fixed-shape ``[M, T]`` arrays (jit-friendly).
+- :class:`AdaptiveCoefficient` (e.g. an entropy bonus raised while the entropy is below a
+  floor) and :class:`CollapseMonitor` (warns once on entropy collapse or all-equal returns):
+  the training-loop stabilizers around the objective.
 - torch: :class:`ReferencePolicy` (imports torch only when asked for).
 - JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
   when asked for).
@@ -36,6 +39,7 @@ from ._episodes import (
     rollout_to_trajectories,
 )
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
+from ._stabilizers import ADAPTIVE_MODES, AdaptiveCoefficient, CollapseMonitor, CollapseWarning
 
 _LAZY = {
     "ReferencePolicy": "._torch",
@@ -45,7 +49,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "ADAPTIVE_MODES",
     "AUTORESET_MODES",
+    "AdaptiveCoefficient",
+    "CollapseMonitor",
+    "CollapseWarning",
     "INCOMPLETE_POLICIES",
     "ReferenceParams",
     "ReferencePolicy",

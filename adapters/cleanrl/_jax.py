@@ -87,8 +87,10 @@ def make_haepo_loss_fn(
     ``policy_fn(params, obs)`` returns logits ``[N, A]`` (``kind="categorical"``) or
     ``(mean [N, D], log_std [N, D] or [D])`` (``kind="gaussian"``). The reference outputs come
     from the same function at ``ref_params`` under ``jax.lax.stop_gradient``; ``ref_params``
-    may be ``None`` when ``kl_coef`` is 0. ``loss_kw`` go to :func:`haepo_trajectory_loss`.
-    Use ``jax.value_and_grad(loss_fn, has_aux=True)``.
+    may be ``None`` when ``kl_coef`` is 0. ``loss_kw`` go to :func:`haepo_trajectory_loss`;
+    keywords given to ``loss_fn`` itself override them for that call (e.g. an adapted
+    ``entropy_coef`` passed as a traced scalar to a jitted update, so changing it does not
+    recompile). Use ``jax.value_and_grad(loss_fn, has_aux=True)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -122,13 +124,14 @@ def make_haepo_loss_fn(
         return gaussian_terms(mean, log_std, actions, ref[0], ref[1])
 
     def loss_fn(
-        params: PyTree, ref_params: PyTree | None, batch: Any
+        params: PyTree, ref_params: PyTree | None, batch: Any, **overrides: Any
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        kw = {**loss_kw, **overrides}
         if layout == "packed":
             if not isinstance(batch, Trajectories):
                 raise TypeError(f"batch: expected Trajectories, got {type(batch).__name__}")
             terms = terms_of(params, ref_params, batch.steps[obs_key], batch.steps[actions_key])
-            out = haepo_trajectory_loss(batch, terms, **loss_kw)
+            out = haepo_trajectory_loss(batch, terms, **kw)
             return out.loss, out.stats
         missing = {obs_key, actions_key, "mask", "returns"} - set(batch)
         if missing:
@@ -139,7 +142,7 @@ def make_haepo_loss_fn(
         actions = batch[actions_key].reshape(m * t, *batch[actions_key].shape[2:])
         flat = terms_of(params, ref_params, obs, actions)
         terms = StepTerms(*(None if x is None else x.reshape(m, t) for x in flat))
-        out = haepo_padded_loss(terms, batch["returns"], mask, **loss_kw)
+        out = haepo_padded_loss(terms, batch["returns"], mask, **kw)
         return out.loss, out.stats
 
     return loss_fn

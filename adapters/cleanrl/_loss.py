@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import sys
 from typing import Any
 
 import array_api_compat
 
 from haepo_core import HAEPOOutput, haepo_loss, haepo_loss_packed
-from haepo_core._namespace import stop_gradient
+from haepo_core._namespace import is_concrete, stop_gradient
 
 from ._distributions import StepTerms
 from ._episodes import Trajectories
@@ -57,8 +60,9 @@ def haepo_trajectory_loss(
       :class:`haepo_core.HAEPOOutput`; ``stats["kl"]`` is the exact mean KL.
 
     Raises:
-      ValueError / TypeError naming the argument for an empty batch, mismatched shapes or a
-      missing KL when ``kl_coef > 0``.
+      ValueError / TypeError naming the argument for an empty batch, mismatched shapes, a
+      ``kl_coef`` that is not a finite real ``>= 0``, NaN/inf in ``terms.kl``, or a missing KL
+      when ``kl_coef > 0``.
 
     Example:
       >>> import numpy as np
@@ -86,9 +90,10 @@ def haepo_trajectory_loss(
         x = getattr(terms, name)
         if x is not None and tuple(x.shape) != (n,):
             raise ValueError(f"terms.{name}: expected shape [N] = ({n},), got {tuple(x.shape)}")
-    if kl_coef != 0 and terms.kl is None:
-        raise ValueError(f"terms.kl: expected the per-step KL since kl_coef = {kl_coef}, got None")
+    _check_kl(terms, kl_coef)
     xp = array_api_compat.array_namespace(terms.logp)
+    if terms.kl is not None:
+        _check_finite_kl(xp, terms.kl, None)
     kw = dict(
         group_ids=group_ids,
         entropy=terms.entropy,
@@ -100,7 +105,8 @@ def haepo_trajectory_loss(
     if layout == "packed":
         out = haepo_loss_packed(terms.logp, traj.segment_ids, traj.returns, **kw)
     else:
-        kw["entropy"] = traj.pad(terms.entropy)
+        if terms.entropy is not None:
+            kw["entropy"] = traj.pad(terms.entropy)
         out = haepo_loss(traj.pad(terms.logp), traj.returns, traj.mask, **kw)
     if terms.kl is None:
         return out
@@ -137,6 +143,10 @@ def haepo_padded_loss(
     Returns:
       :class:`haepo_core.HAEPOOutput` (``stats["kl"]`` is the exact mean KL).
 
+    Raises:
+      ValueError / TypeError naming the argument, as :func:`haepo_trajectory_loss` (NaN/inf in
+      ``terms.kl`` at valid steps; the check is skipped under ``jax.jit``, as in the core).
+
     Example:
       >>> import numpy as np
       >>> from haepo_adapters.cleanrl import StepTerms, haepo_padded_loss
@@ -150,8 +160,7 @@ def haepo_padded_loss(
     """
     if not isinstance(terms, StepTerms):
         raise TypeError(f"terms: expected StepTerms, got {type(terms).__name__}")
-    if kl_coef != 0 and terms.kl is None:
-        raise ValueError(f"terms.kl: expected the per-step KL since kl_coef = {kl_coef}, got None")
+    _check_kl(terms, kl_coef)
     out = haepo_loss(
         terms.logp,
         returns,
@@ -171,9 +180,64 @@ def haepo_padded_loss(
         )
     xp = array_api_compat.array_namespace(terms.logp)
     valid = xp.astype(mask, xp.bool)
+    _check_finite_kl(xp, terms.kl, valid)  # padding may hold anything
     kl_steps = xp.astype(terms.kl, out.loss.dtype)
     kl_steps = xp.where(valid, kl_steps, xp.zeros_like(kl_steps))  # padding never leaks
     kl = xp.sum(kl_steps) / xp.sum(xp.astype(valid, out.loss.dtype))
     stats = dict(out.stats)
     stats["kl"] = stop_gradient(kl)
     return out._replace(loss=out.loss + kl_coef * kl, stats=stats)
+
+
+def _check_kl(terms: StepTerms, kl_coef: object) -> None:
+    """``kl_coef`` is a finite real >= 0 (as in the core), and a KL is given when it is > 0."""
+    value = _coef_value("kl_coef", kl_coef)
+    if terms.kl is None and (value is None or value != 0):
+        raise ValueError(f"terms.kl: expected the per-step KL since kl_coef = {kl_coef}, got None")
+
+
+def _coef_value(name: str, value: object) -> float | None:
+    """The float value of a coefficient after checking it; ``None`` when traced (no value)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (hasattr(value, "shape") and getattr(value, "ndim", 1) == 0):
+            raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+        if not is_concrete(value):
+            return None
+        to_concrete = getattr(value, "to_concrete_value", None)  # a jax.grad tracer
+        if to_concrete is not None:
+            value = to_concrete()
+            if value is None:
+                return None
+        detach = getattr(value, "detach", None)  # torch: read without autograd's warning
+        value = detach() if detach is not None else value
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    if v < 0:
+        raise ValueError(f"{name}: expected a value >= 0, got {v}")
+    return v
+
+
+def _staged(x: Array) -> bool:
+    """Whether checks computed from ``x`` cannot be read now (traced, or inside ``jax.jit``)."""
+    if not is_concrete(x):
+        return True
+    if array_api_compat.is_jax_array(x):
+        jax = sys.modules["jax"]
+        return isinstance(jax.numpy.zeros(()), jax.core.Tracer)
+    return False
+
+
+def _check_finite_kl(xp: Any, kl: Array, valid: Array | None) -> None:
+    """No NaN/inf in the per-step KL at valid steps (skipped under tracing, as in the core)."""
+    if _staged(kl) or (valid is not None and _staged(valid)):
+        return
+    bad = ~xp.isfinite(kl)
+    if valid is not None:
+        bad = xp.logical_and(bad, valid)
+    count = int(xp.sum(xp.astype(bad, xp.int32)))
+    if count:
+        raise ValueError(
+            f"terms.kl: expected finite values at valid steps, got {count} NaN/inf "
+            f"(shape {tuple(kl.shape)})"
+        )

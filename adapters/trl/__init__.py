@@ -16,12 +16,13 @@ from ._version import SUPPORTED_TRL, check_trl_version
 
 check_trl_version()
 
-from ._config import HAEPOConfig  # noqa: E402 (after the version check, on purpose)
+from ._config import GRPO_FIELDS_REPLACED, HAEPOConfig  # noqa: E402 (after the version check)
 from ._loss import haepo_loss_from_token_logps  # noqa: E402
 from ._toy import save_char_level_model  # noqa: E402
 from ._trainer import HAEPOTrainer  # noqa: E402
 
 __all__ = [
+    "GRPO_FIELDS_REPLACED",
     "SUPPORTED_TRL",
     "HAEPOConfig",
     "HAEPOTrainer",

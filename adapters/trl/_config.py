@@ -11,9 +11,61 @@ from haepo_core import KL_ESTIMATORS, NORMALIZATIONS
 
 from ._groups import check_group_layout
 
-__all__ = ["KL_REFERENCES", "HAEPOConfig"]
+__all__ = ["GRPO_FIELDS_REPLACED", "KL_ESTIMATORS_TRL", "KL_REFERENCES", "HAEPOConfig"]
 
 KL_REFERENCES = ("previous", "initial")
+#: ``kl_estimator`` values: the core's per-token estimators on TRL's log-probs, or ``"exact"``:
+#: the full-vocabulary KL from the policy's and the reference's last hidden states and LM heads.
+KL_ESTIMATORS_TRL = (*KL_ESTIMATORS, "exact")
+
+#: GRPOConfig fields that act only inside GRPO's loss (or TRL's importance-sampling corrections),
+#: which HAEPO replaces: ``field -> (default, what HAEPO does instead)``. A non-default value is
+#: refused with a ``ValueError`` naming the field, so no setting is silently ignored.
+GRPO_FIELDS_REPLACED: dict[str, tuple[object, str]] = {
+    "loss_type": ("dapo", "HAEPO's listwise loss replaces every GRPO loss formulation"),
+    "epsilon": (0.2, "HAEPO has no clipped ratio; its softmax weights are self-normalized"),
+    "epsilon_high": (None, "HAEPO has no clipped ratio"),
+    "delta": (None, "HAEPO has no clipped ratio"),
+    "sapo_temperature_neg": (1.05, "the sapo loss is not used; haepo_temperature is HAEPO's"),
+    "sapo_temperature_pos": (1.0, "the sapo loss is not used; haepo_temperature is HAEPO's"),
+    "vespo_k_pos": (2.0, "the vespo loss is not used"),
+    "vespo_lambda_pos": (3.0, "the vespo loss is not used"),
+    "vespo_k_neg": (3.0, "the vespo loss is not used"),
+    "vespo_lambda_neg": (2.0, "the vespo loss is not used"),
+    "importance_sampling_level": (
+        "token",
+        "HAEPO weighs whole completions by the softmax of their log-likelihoods, not by ratios",
+    ),
+    "scale_rewards": ("group", "rewards are normalized per group by normalize_returns"),
+    "multi_objective_aggregation": (
+        "sum_then_normalize",
+        "HAEPO normalizes the weighted sum of the rewards inside each group (normalize_returns)",
+    ),
+    "top_entropy_quantile": (1.0, "HAEPO scores whole completions, not high-entropy tokens"),
+    "use_adaptive_entropy": (False, "HAEPO uses the fixed entropy_coef"),
+    "entropy_coef_min": (0.0, "adaptive entropy control is not used; entropy_coef is fixed"),
+    "entropy_coef_max": (1.0, "adaptive entropy control is not used; entropy_coef is fixed"),
+    "entropy_coef_delta": (0.005, "adaptive entropy control is not used; entropy_coef is fixed"),
+    "entropy_target": (0.2, "adaptive entropy control is not used; entropy_coef is fixed"),
+    "off_policy_mask_threshold": (None, "HAEPO masks no sequence by its off-policy ratio"),
+    "vllm_importance_sampling_mode": (
+        "sequence_mask",
+        "HAEPO applies no vLLM importance-sampling correction",
+    ),
+    "vllm_importance_sampling_clip_max": (
+        3.0,
+        "HAEPO applies no vLLM importance-sampling correction",
+    ),
+    "vllm_importance_sampling_clip_min": (
+        None,
+        "HAEPO applies no vLLM importance-sampling correction",
+    ),
+    "vllm_importance_sampling_cap": (None, "HAEPO applies no vLLM importance-sampling correction"),
+    "use_bias_correction_kl": (
+        True,
+        "HAEPO's KL is a plain token mean, never multiplied by an importance-sampling ratio",
+    ),
+}
 
 
 @dataclass
@@ -36,17 +88,26 @@ class HAEPOConfig(GRPOConfig):
         TRL's ``old_per_token_logps`` (0 with zero gradient while training is on-policy,
         ``num_iterations == 1`` and ``steps_per_generation <= gradient_accumulation_steps``);
         ``"initial"``: KL to the frozen initial model, which TRL loads as its reference model.
-      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default) per-token KL estimate.
+      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default): per-token KL estimate on TRL's
+        log-probs; or ``"exact"``: the KL over the whole vocabulary, from the last hidden states
+        and LM heads of the policy and the reference through
+        ``haepo_backends.torch.haepo_loss_from_hidden`` (no ``[B, T, V]`` logits).
 
-    Reused GRPO fields: ``entropy_coef`` (the entropy bonus ``lambda``, on TRL's per-token
-    entropies), ``num_generations`` (the group size), ``mask_truncated_completions``.
-    Ignored GRPO fields (the PPO-style clipped surrogate is replaced): ``loss_type``,
-    ``epsilon``, ``epsilon_high``, ``delta``, ``importance_sampling_level``, ``scale_rewards``,
-    ``multi_objective_aggregation`` (HAEPO normalizes the weighted sum of the rewards).
-    Refused: ``use_adaptive_entropy``, ``top_entropy_quantile < 1``,
-    ``off_policy_mask_threshold`` (they act inside GRPO's loss), a non-zero ``beta``
-    other than the one set by ``kl_reference="initial"``, and a ``per_device_train_batch_size``
-    that is not a multiple of ``num_generations`` (every micro-batch must hold whole groups).
+    Reused GRPO fields: ``entropy_coef`` (the entropy bonus ``lambda``, on the per-token
+    entropies), ``num_generations`` (the group size, ``>= 2``), ``temperature`` (sampling, and
+    the temperature of the log-probs), ``num_iterations``, ``steps_per_generation``,
+    ``mask_truncated_completions``, ``sync_ref_model`` (moves the ``"initial"`` reference).
+    Any batch layout GRPO accepts is accepted: a group may span micro-batches and processes
+    (see docs/trl.md for the exact split-group gradient), except that with
+    ``steps_per_generation > gradient_accumulation_steps`` each optimizer step must hold whole
+    groups (``per_device_train_batch_size * gradient_accumulation_steps`` a multiple of
+    ``num_generations``).
+    ``beta`` is HAEPO's to set: it must stay 0.0 (or equal ``kl_coef`` under
+    ``kl_reference="initial"``, where it is set for you so that TRL loads its reference model).
+    Every field of :data:`GRPO_FIELDS_REPLACED` (GRPO's loss, clipping, reward scaling, entropy
+    control and importance-sampling settings) is refused at a non-default value, with a message
+    saying what HAEPO does instead. Under ``use_vllm=True``, ``vllm_importance_sampling_correction``
+    must be set to ``False``: HAEPO has no importance-sampling correction for vLLM's sampler.
     """
 
     haepo_temperature: float = field(
@@ -70,7 +131,8 @@ class HAEPOConfig(GRPOConfig):
         metadata={"help": "KL to the 'previous' (sampling) policy or the 'initial' model."},
     )
     kl_estimator: str = field(
-        default="k3", metadata={"help": "Per-token KL estimator: 'k1', 'k2' or 'k3'."}
+        default="k3",
+        metadata={"help": "KL estimator: 'k1', 'k2', 'k3' (per token) or 'exact' (full vocab)."},
     )
 
     def __post_init__(self) -> None:
@@ -89,25 +151,34 @@ class HAEPOConfig(GRPOConfig):
                 f"beta: expected 0.0 (HAEPO's KL coefficient is kl_coef; set "
                 f"kl_reference='initial' for a KL to the initial model), got {self.beta}"
             )
-        if self.use_adaptive_entropy:
-            raise ValueError(
-                "use_adaptive_entropy: expected False, got True (the adaptive controller lives "
-                "inside GRPO's loss; HAEPO uses a fixed entropy_coef)"
-            )
-        if self.top_entropy_quantile != 1.0:
-            raise ValueError(
-                f"top_entropy_quantile: expected 1.0 (HAEPO scores whole completions, not "
-                f"high-entropy tokens), got {self.top_entropy_quantile}"
-            )
-        if self.off_policy_mask_threshold is not None:
-            raise ValueError(
-                f"off_policy_mask_threshold: expected None (not part of HAEPO), got "
-                f"{self.off_policy_mask_threshold}"
-            )
+        self._check_grpo_fields()
         # Before GRPOConfig's own checks, whose message (generation batch divisible by
         # num_generations) does not tell that HAEPO needs more: whole groups per micro-batch.
-        check_group_layout(self.per_device_train_batch_size, self.num_generations)
         super().__post_init__()
+        check_group_layout(
+            self.per_device_train_batch_size,
+            self.num_generations,
+            self.gradient_accumulation_steps,
+            self.steps_per_generation,
+        )
+
+    def _check_grpo_fields(self) -> None:
+        for name, (default, instead) in GRPO_FIELDS_REPLACED.items():
+            value = getattr(self, name)
+            if name == "scale_rewards" and value is True:  # GRPOConfig's alias of "group"
+                continue
+            if value != default:
+                raise ValueError(
+                    f"{name}: HAEPO does not use this GRPO setting ({instead}); expected the "
+                    f"default {default!r}, got {value!r}"
+                )
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            raise ValueError(
+                "vllm_importance_sampling_correction: HAEPO has no importance-sampling correction "
+                "for vLLM's sampler (its weights are a softmax over the trainer's own "
+                "log-likelihoods); expected False with use_vllm=True, got True. Set it to False "
+                "to train on vLLM's completions uncorrected."
+            )
 
     def _check_haepo_fields(self) -> None:
         def real(name: str, value: object, ok: bool, want: str) -> None:
@@ -122,7 +193,21 @@ class HAEPOConfig(GRPOConfig):
             "a finite number > 0",
         )
         e = self.normalize_eps
-        real("normalize_eps", e, isinstance(e, (int, float)) and e > 0, "a number > 0")
+        real(
+            "normalize_eps",
+            e,
+            isinstance(e, (int, float)) and math.isfinite(e) and e > 0,
+            "a finite number > 0",
+        )
+        n = self.num_generations
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(
+                f"num_generations: expected an int >= 2 (HAEPO's softmax compares the "
+                f"completions of one prompt; a group of one gets no gradient), got {n!r}"
+            )
+        ne = self.num_generations_eval
+        if ne is not None and (isinstance(ne, bool) or not isinstance(ne, int) or ne < 1):
+            raise ValueError(f"num_generations_eval: expected None or an int >= 1, got {ne!r}")
         k = self.kl_coef
         real(
             "kl_coef",
@@ -144,7 +229,7 @@ class HAEPOConfig(GRPOConfig):
         for name, value, allowed in (
             ("normalize_returns", self.normalize_returns, NORMALIZATIONS),
             ("kl_reference", self.kl_reference, KL_REFERENCES),
-            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS_TRL),
         ):
             if value not in allowed:
                 raise ValueError(

@@ -1,13 +1,12 @@
 """Keeping HAEPO groups whole through TRL's batching.
 
-HAEPO's softmax runs over all ``num_generations`` completions of a prompt, so one micro-batch
-must hold every row of each group it touches. TRL's ``GRPOTrainer._prepare_inputs`` shuffles
-the rows of the generation batch one by one and splits it into ``steps_per_generation``
-micro-batches, which can cut a group in two; here the *groups* are shuffled as blocks instead.
-Across processes TRL hands each process a contiguous slice of ``per_device_train_batch_size *
-steps_per_generation`` rows of the global generation batch, so a group stays on one process as
-long as each micro-batch holds whole groups (``per_device_train_batch_size % num_generations ==
-0``): :func:`check_group_layout` enforces that constraint.
+HAEPO's softmax runs over all ``num_generations`` completions of a prompt. When every
+micro-batch can hold whole groups (``per_device_train_batch_size % num_generations == 0``), the
+*groups* are shuffled as blocks (TRL shuffles rows) so each micro-batch's loss is the plain HAEPO
+loss of its groups. Otherwise a group spans micro-batches (and, since TRL hands each process a
+contiguous slice of the global generation batch, maybe processes) and the trainer uses the
+split-group gradient; :func:`check_group_layout` only asks that one optimizer step hold whole
+groups.
 """
 
 from __future__ import annotations
@@ -16,21 +15,62 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_group_layout", "check_whole_groups", "shuffle_groups"]
+__all__ = [
+    "check_eval_layout",
+    "check_group_layout",
+    "check_whole_groups",
+    "groups_fit_micro_batches",
+    "shuffle_groups",
+]
+
+
+def groups_fit_micro_batches(per_device_batch_size: int, num_generations: int) -> bool:
+    """Whether every micro-batch holds whole groups (then no group spans micro-batches or
+    processes, and the loss of a micro-batch is the plain HAEPO loss of its groups)."""
+    return per_device_batch_size % num_generations == 0
 
 
 def check_group_layout(
-    per_device_batch_size: int, num_generations: int, *, name: str = "per_device_train_batch_size"
+    per_device_batch_size: int,
+    num_generations: int,
+    gradient_accumulation_steps: int = 1,
+    steps_per_generation: int | None = None,
+    *,
+    name: str = "per_device_train_batch_size",
 ) -> None:
-    """Raise ``ValueError`` unless every micro-batch (hence every process) holds whole groups."""
-    if per_device_batch_size % num_generations != 0:
+    """Raise ``ValueError`` unless every optimizer step sees whole groups.
+
+    Groups may span micro-batches and processes (the split-group gradient handles them) as long
+    as one optimizer step holds all of a group's rows: always true when
+    ``steps_per_generation == gradient_accumulation_steps`` (one generation batch per step, the
+    default) or when micro-batches hold whole groups; with several optimizer steps per
+    generation, each process's ``per_device_batch_size * gradient_accumulation_steps`` rows must
+    be whole groups.
+    """
+    if groups_fit_micro_batches(per_device_batch_size, num_generations):
+        return
+    steps = gradient_accumulation_steps if steps_per_generation is None else steps_per_generation
+    window = per_device_batch_size * gradient_accumulation_steps
+    if steps == gradient_accumulation_steps:
+        return
+    if steps % gradient_accumulation_steps == 0 and window % num_generations == 0:
+        return
+    raise ValueError(
+        f"steps_per_generation: with {name} = {per_device_batch_size} (not a multiple of "
+        f"num_generations = {num_generations}) a group spans micro-batches, so HAEPO needs each "
+        f"optimizer step to hold whole groups: expected steps_per_generation equal to "
+        f"gradient_accumulation_steps = {gradient_accumulation_steps}, or a multiple of it with "
+        f"{name} * gradient_accumulation_steps = {window} a multiple of {num_generations}; got "
+        f"steps_per_generation = {steps}"
+    )
+
+
+def check_eval_layout(per_device_batch_size: int, num_generations: int) -> None:
+    """Raise ``ValueError`` unless every evaluation batch holds whole groups."""
+    if not groups_fit_micro_batches(per_device_batch_size, num_generations):
         raise ValueError(
-            f"{name}: HAEPO needs every micro-batch to hold whole groups of num_generations "
-            f"completions (its softmax runs over a whole group, and a group split across "
-            f"micro-batches or processes would be scored in pieces); expected a multiple of "
-            f"num_generations = {num_generations}, got {per_device_batch_size}. Raise {name} to "
-            f"a multiple of {num_generations} and lower gradient_accumulation_steps (or "
-            f"steps_per_generation) to keep the same generation batch, or lower num_generations."
+            f"per_device_eval_batch_size: HAEPO evaluates whole groups in one batch; expected a "
+            f"multiple of num_generations = {num_generations}, got {per_device_batch_size}"
         )
 
 

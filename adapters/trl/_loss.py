@@ -1,7 +1,8 @@
 """The HAEPO loss from TRL-style per-token tensors: one group per prompt, ``num_generations`` rows.
 
 This is the bridge between TRL's tensors (``per_token_logps``, ``completion_mask``, rewards) and
-``haepo_core.haepo_loss``; the core does all the math, this module only shapes the inputs.
+``haepo_backends.torch.haepo_loss`` (the core's math with a closed-form policy backward); this
+module only checks and shapes the inputs.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+from haepo_backends.torch import haepo_loss
 
-from haepo_core import HAEPOOutput, haepo_loss
+from haepo_core import HAEPOOutput
 
 __all__ = ["haepo_loss_from_token_logps"]
 
@@ -82,7 +84,7 @@ def haepo_step_loss(
     length_normalize: bool,
     eps: float,
 ) -> HAEPOOutput:
-    """Checked-input core call shared by the public function and the trainer.
+    """Checked-input backend call shared by the public function and the trainer.
 
     Rows without a valid token (``mask_truncated_completions`` zeroes whole rows) are dropped
     from their group before the core sees them: such a completion has no log-likelihood to
@@ -166,8 +168,8 @@ def haepo_loss_from_token_logps(
     token by the ``k3`` estimator :math:`e^{r} - r - 1`, :math:`r = \log\pi_{\text{ref}} -
     \log\pi_\theta`, by default). Rewards are normalized inside each group (population std), not
     taken from GRPO's advantages; :math:`\tilde R` and the reference are constants. Gradients
-    flow through ``per_token_logps`` (and ``entropies``) by autograd; the math is
-    ``haepo_core.haepo_loss``.
+    flow through ``per_token_logps`` (and ``entropies``); the math is ``haepo_core.haepo_loss``,
+    computed by ``haepo_backends.torch.haepo_loss`` (closed-form policy backward).
 
     Rows whose mask has no valid token (e.g. TRL's ``mask_truncated_completions``) are dropped
     from their group: they get weight 0 and do not count in its reward statistics. A group of

@@ -15,7 +15,7 @@ Same names, keywords and outputs as ``haepo_core``, plus the static ``num_groups
 from haepo_core import HAEPOOutput
 
 from ._backend import JaxBackend, backend
-from ._fused import haepo_loss_from_hidden, haepo_loss_from_logits
+from ._lean import haepo_loss_from_hidden, haepo_loss_from_logits
 from ._loss import haepo_loss, haepo_loss_packed
 
 __all__ = [

@@ -1,16 +1,19 @@
 """The :class:`haepo_core.Backend` object for JAX (entry point ``jax``).
 
-The conformance suite hands NumPy arrays in and wants NumPy back; :meth:`JaxBackend.
-value_and_grad` differentiates with ``jax.value_and_grad``. Variants run the same maths in the
-other execution modes a JAX user meets: ``jit`` (traced group ids, ``M`` segments),
-``jit_num_groups`` (static ``num_groups``), ``chunked`` (tiny token chunks for logits inputs,
-so chunk boundaries and the overlapping last chunk are exercised) and ``sharded``
-(``shard_map`` over the local devices with ``axis_name``, collectives on).
+A backend object is the loss functions plus the autodiff primitive (``grad``:
+``jax.value_and_grad``; ``hvp``: reverse over reverse, since a ``custom_vjp`` has no forward
+mode); the conformance suite does the NumPy boundary and the packed/padded plumbing. Variants
+run the loss itself in the other execution modes a JAX user meets: ``jit`` (the loss under
+``jax.jit``, traced group ids), ``jit_num_groups`` (jitted, dense ids and a static
+``num_groups``), ``chunked`` (tiny token chunks in the from-logits/from-hidden paths, so chunk
+boundaries and the overlapping last chunk are exercised) and ``sharded`` (jitted ``shard_map``
+over one device with ``axis_name``, so every collective runs). The loss functions are reached
+through the package at call time, so the modules behind them can move freely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -18,23 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from haepo_core import HAEPOOutput
-
-from ._fused import haepo_loss_from_logits
-from ._loss import haepo_loss, haepo_loss_packed
-
 __all__ = ["JaxBackend", "backend"]
 
-_FLOAT_INPUTS = ("logp", "returns", "entropy", "ref_logp", "logits", "ref_logits")
 _MODES = ("eager", "jit", "jit_num_groups", "chunked", "sharded")
-
-
-def _enable_x64_for(dtype: str | None) -> None:
-    # float64 needs jax_enable_x64 (a process-wide flag): it is switched on the first time a
-    # float64 array is asked for, and never switched off (doing so would silently turn the
-    # caller's float64 arrays into float32 ones).
-    if dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+_LEAN = ("haepo_loss_from_logits", "haepo_loss_from_hidden")
+_ENTRIES = ("haepo_loss", "haepo_loss_packed", *_LEAN)
+#: Arguments that are not split across the rows of the batch under ``shard_map``.
+_REPLICATED = ("weight", "bias", "ref_weight", "ref_bias")
 
 
 class JaxBackend:
@@ -43,8 +36,9 @@ class JaxBackend:
     name = "jax"
     xp = jnp
     dtypes: tuple[str, ...] = ("float32", "float64")
-    supports_packed = True
-    differentiable: tuple[str, ...] = ("logp", "entropy")
+    chunked = True
+    #: Entry points whose second derivatives are exact (reverse over reverse).
+    second_order: tuple[str, ...] = _ENTRIES
 
     def __init__(self, mode: str = "eager"):
         if mode not in _MODES:
@@ -52,77 +46,104 @@ class JaxBackend:
         self.mode = mode
         if mode != "eager":
             self.name = f"jax[{mode}]"
+            # The same custom_vjp rules run in every mode: checked once, on the eager backend.
+            self.second_order = ()
+        self._jitted: dict[Any, Callable[..., Any]] = {}
 
     def __repr__(self) -> str:
         return f"JaxBackend(mode={self.mode!r})"
 
     @property
-    def devices(self) -> tuple[str, ...]:  # type: ignore[override]
+    def devices(self) -> tuple[str, ...]:
         return tuple(sorted({d.platform for d in jax.devices()}))
 
-    def asarray(self, x: Any, *, dtype: str | None = None, device: str | None = None) -> Any:
-        x = np.asarray(x)
-        if dtype is not None and x.dtype.kind == "f":
-            _enable_x64_for(dtype)
-            x = x.astype(dtype)
-        elif x.dtype == np.float64:
-            _enable_x64_for("float64")
-        dev = None if device is None else jax.devices(device)[0]
-        return jax.device_put(jnp.asarray(x), dev)
+    # -- the loss functions ---------------------------------------------------------------
+    def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kw: Any) -> Any:
+        return self._run("haepo_loss", (logp, returns, mask), kw)
 
-    def to_numpy(self, x: Any) -> Any:
-        return np.asarray(x)
+    def haepo_loss_packed(self, logp: Any, segment_ids: Any, returns: Any, **kw: Any) -> Any:
+        return self._run("haepo_loss_packed", (logp, segment_ids, returns), kw)
 
-    def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kwargs: Any) -> HAEPOOutput:
-        return haepo_loss(logp, returns, mask, **kwargs)
+    def haepo_loss_from_logits(
+        self, logits: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> Any:
+        return self._run("haepo_loss_from_logits", (logits, actions, returns, mask), kw)
 
-    def haepo_loss_packed(
-        self, logp: Any, segment_ids: Any, returns: Any, **kwargs: Any
-    ) -> HAEPOOutput:
-        return haepo_loss_packed(logp, segment_ids, returns, **kwargs)
+    def haepo_loss_from_hidden(
+        self, hidden: Any, weight: Any, actions: Any, returns: Any, mask: Any = None, **kw: Any
+    ) -> Any:
+        return self._run("haepo_loss_from_hidden", (hidden, weight, actions, returns, mask), kw)
 
-    def value_and_grad(
-        self,
-        inputs: Mapping[str, Any],
-        *,
-        wrt: Sequence[str] = ("logp",),
-        packed: bool = False,
-        dtype: str = "float64",
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> tuple[float, dict[str, Any]]:
-        """The loss and its gradient w.r.t. ``wrt`` (``jax.value_and_grad``), in NumPy."""
-        allowed = self.differentiable + (("logits",) if "logits" in inputs else ())
-        bad = [w for w in wrt if w not in allowed]
-        if bad:
-            raise ValueError(f"wrt: expected a subset of {allowed}, got {tuple(wrt)}")
-        if "entropy" in wrt and inputs.get("entropy") is None:
-            raise ValueError("wrt: 'entropy' needs an entropy input")
-        args = {
-            k: self.asarray(v, dtype=dtype if k in _FLOAT_INPUTS else None, device=device)
-            for k, v in inputs.items()
-            if v is not None
-        }
-        kwargs = dict(kwargs)
-        if self.mode in ("jit_num_groups", "sharded") and "group_ids" in args:
+    def _run(self, entry: str, pos: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        import haepo_backends.jax as pkg
+
+        fn = getattr(pkg, entry)
+        kw = dict(kw)
+        if self.mode == "chunked" and entry in _LEAN:
+            kw.setdefault("chunk_size", 3)
+        if self.mode in ("jit_num_groups", "sharded") and kw.get("group_ids") is not None:
             # Dense ids and a static group count, as a sharded training loop would pass them.
-            _, dense = np.unique(np.asarray(inputs["group_ids"]), return_inverse=True)
-            args["group_ids"] = jnp.asarray(dense.reshape(-1).astype(np.int32))
-            kwargs["num_groups"] = int(dense.max()) + 1 if dense.size else 1
-        if self.mode == "chunked" and "logits" in args:
-            kwargs.setdefault("chunk_size", 3)
-        diff = {k: args.pop(k) for k in wrt}
+            _, dense = np.unique(np.asarray(kw["group_ids"]), return_inverse=True)
+            kw["group_ids"] = jnp.asarray(dense.reshape(-1).astype(np.int32))
+            kw["num_groups"] = int(dense.max()) + 1 if dense.size else 1
+        if self.mode in ("eager", "chunked"):
+            return fn(*pos, **kw)
+        arrays = {k: v for k, v in kw.items() if isinstance(v, jax.Array | np.ndarray)}
+        static = tuple(sorted((k, v) for k, v in kw.items() if k not in arrays))
+        key = (entry, static, self.mode)
+        if key not in self._jitted:
+            self._jitted[key] = self._compile(fn, dict(static))
+        return self._jitted[key](pos, arrays)
 
-        def loss_fn(d: dict[str, Any], rest: dict[str, Any]) -> Any:
-            return _call(packed, {**rest, **d}, kwargs, axis_name=None).loss
+    def _compile(self, fn: Callable[..., Any], static: dict[str, Any]) -> Callable[..., Any]:
+        if self.mode != "sharded":
+            return jax.jit(lambda pos, arrays: fn(*pos, **arrays, **static))
+        from jax.sharding import Mesh
+        from jax.sharding import PartitionSpec as P
 
-        if self.mode == "sharded":
-            loss_fn = _sharded(packed, kwargs, sorted(diff), sorted(args))
-        vg = jax.value_and_grad(loss_fn)
-        if self.mode != "eager":
-            vg = jax.jit(vg)
-        loss, grads = vg(diff, args)
-        return float(loss), {k: np.asarray(grads[k]) for k in wrt}
+        mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
+
+        def sharded(pos: tuple[Any, ...], arrays: dict[str, Any]) -> Any:
+            # Rows split over a one-device axis: the loss goes through psum/pmax. Scalars
+            # come out replicated, per-trajectory outputs split like the rows.
+            shapes = jax.eval_shape(partial(fn, **static), *pos, **arrays)
+            out_specs = jax.tree.map(lambda s: P() if s.ndim == 0 else P("batch"), shapes)
+            in_specs = (
+                jax.tree.map(lambda _: P("batch"), pos),
+                {k: _specs_like(v, _spec(k)) for k, v in arrays.items()},
+            )
+            inner = jax.shard_map(
+                lambda p, a: fn(*p, **a, **static, axis_name="batch"),
+                mesh=mesh,
+                in_specs=in_specs,
+                out_specs=out_specs,
+            )
+            return inner(pos, arrays)
+
+        return jax.jit(sharded)
+
+    # -- the autodiff primitive -----------------------------------------------------------
+    def grad(
+        self, fn: Callable[[dict[str, Any]], Any], args: Mapping[str, Any], wrt: Sequence[str]
+    ) -> tuple[Any, dict[str, Any]]:
+        diff, rest = _split(args, wrt)
+        return jax.value_and_grad(lambda d: fn({**rest, **d}))(diff)
+
+    def hvp(
+        self,
+        fn: Callable[[dict[str, Any]], Any],
+        args: Mapping[str, Any],
+        wrt: Sequence[str],
+        vectors: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        diff, rest = _split(args, wrt)
+        g = jax.grad(lambda d: fn({**rest, **d}))
+
+        def directional(d: dict[str, Any]) -> Any:
+            gd = g(d)
+            return sum(jnp.vdot(gd[k], vectors[k]) for k in wrt)
+
+        return jax.grad(directional)(diff)
 
     def variants(self) -> Mapping[str, JaxBackend]:
         if self.mode != "eager":
@@ -130,42 +151,19 @@ class JaxBackend:
         return {m: JaxBackend(m) for m in _MODES if m != "eager"}
 
 
-def _call(packed: bool, a: dict[str, Any], kwargs: dict[str, Any], axis_name: Any) -> HAEPOOutput:
-    a = dict(a)
-    extra = {} if axis_name is None else {"axis_name": axis_name}
-    if packed:
-        return haepo_loss_packed(a.pop("logp"), a.pop("segment_ids"), a.pop("returns"),
-                                 **a, **kwargs, **extra)
-    if "logits" in a:
-        return haepo_loss_from_logits(a.pop("logits"), a.pop("actions"), a.pop("returns"),
-                                      a.pop("mask", None), **a, **kwargs, **extra)
-    return haepo_loss(a.pop("logp"), a.pop("returns"), a.pop("mask", None), **a, **kwargs,
-                      **extra)
+def _specs_like(tree: Any, spec: Any) -> Any:
+    return jax.tree.map(lambda _: spec, tree)
 
 
-def _sharded(packed: bool, kwargs: dict[str, Any], diff_keys: list[str], rest_keys: list[str]):
-    """The loss under ``shard_map`` over one device with ``axis_name`` (collectives active)."""
-    from jax.sharding import Mesh
+def _spec(name: str) -> Any:
     from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
-
-    def fn(d: dict[str, Any], rest: dict[str, Any]) -> Any:
-        # Rows sharded over a one-device axis: the loss goes through psum/pmax.
-        inner = partial(_local, packed=packed, kwargs=kwargs)
-        sm = jax.shard_map(
-            inner,
-            mesh=mesh,
-            in_specs=({k: P("batch") for k in diff_keys}, {k: P("batch") for k in rest_keys}),
-            out_specs=P(),
-        )
-        return sm(d, rest)
-
-    return fn
+    return P() if name in _REPLICATED else P("batch")
 
 
-def _local(d, rest, *, packed, kwargs):
-    return _call(packed, {**rest, **d}, kwargs, axis_name="batch").loss
+def _split(args: Mapping[str, Any], wrt: Sequence[str]) -> tuple[dict, dict]:
+    diff = {k: args[k] for k in wrt}
+    return diff, {k: v for k, v in args.items() if k not in diff}
 
 
 #: The backend registered under the ``haepo.backends`` entry point ``jax``.

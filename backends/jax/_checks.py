@@ -1,51 +1,65 @@
-"""Input validation for the JAX backend.
+"""Input validation hooks for the JAX backend.
 
-Shape, rank, dtype and option checks are the core's (``haepo_core._validation``) and always
-run, at trace time under ``jax.jit``: a wrong shape fails before anything is compiled.
-
-Value checks (NaN/inf at valid steps, empty trajectories, ids out of range, non-0/1 masks) need
-concrete arrays. Eagerly they raise the core's ``ValueError``. Under tracing (``jit``, ``vmap``,
-``shard_map``) they are skipped by default and bad values propagate: NaN/inf at a valid step
-make the loss NaN (padding never matters); out-of-range ids are dropped by the segment sums.
-With ``traced_checks=True`` the same conditions are emitted as ``jax.experimental.checkify``
-checks instead, so ``checkify.checkify(jax.jit(f))`` reports them with the core's wording
-(the function must then be wrapped in ``checkify.checkify``, or JAX refuses to stage it).
+Every check of a call is the core's (``haepo_core._inputs``): shapes, ranks, dtypes and options
+always run, at trace time under ``jax.jit``, so a wrong shape fails before anything is compiled.
+Value checks (NaN/inf at valid steps, empty trajectories, ids and actions out of range, non-0/1
+masks, valid steps whose logits are all ``-inf``) need readable values. Eagerly they raise the
+core's ``ValueError``. Under tracing (``jit``, ``vmap``, ``shard_map``) they are skipped by
+default and bad values propagate: NaN/inf at a valid step make the loss NaN (padding never
+matters); out-of-range ids are dropped by the segment sums. With ``traced_checks=True`` the
+same conditions are emitted as ``jax.experimental.checkify`` checks instead, so
+``checkify.checkify(jax.jit(f))`` reports them with the core's wording (the function must then
+be wrapped in ``checkify.checkify``, or JAX refuses to stage it).
 """
 
 from __future__ import annotations
 
-import array_api_compat.numpy as np_xp
+from typing import Any
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from haepo_core._namespace import is_concrete
-from haepo_core._validation import check_finite
+from haepo_core.kit import CheckHooks, check_finite, values_readable
 
-__all__ = ["check_chunk_size", "finite", "ids_in_range", "nonempty", "to_numpy", "traced"]
+__all__ = [
+    "check_bool",
+    "check_chunk_size",
+    "hooks",
+    "require_jax",
+    "to_numpy",
+    "traced",
+    "traced_value_checks",
+]
 
 
-def traced(*arrays: jax.Array | None) -> bool:
-    """Whether any of ``arrays`` has no concrete value (jit/vmap/shard_map tracing)."""
-    return any(a is not None and not is_concrete(a) for a in arrays)
+def require_jax(**arrays: Any) -> None:
+    """``TypeError`` naming the first argument (``None`` aside) that is not a JAX array."""
+    for name, x in arrays.items():
+        if x is not None and not isinstance(x, jax.Array):
+            raise TypeError(
+                f"{name}: expected a jax.Array (haepo_backends.jax works on JAX arrays; use "
+                f"haepo_core for other libraries), got {type(x).__module__}.{type(x).__name__}"
+            )
 
 
-def to_numpy(x: jax.Array | None) -> np.ndarray | jax.Array | None:
+def traced(*arrays: Any) -> bool:
+    """Whether the values of any of ``arrays`` cannot be read now (jit/vmap/shard_map)."""
+    return any(a is not None and not values_readable(a) for a in arrays)
+
+
+def to_numpy(x: jax.Array | None) -> Any:
     """A concrete array's values, as NumPy where possible.
 
-    Value checks read concrete arrays through NumPy, not ``jnp``: a concrete array closed over
-    by a jitted function is still concrete, but ``jnp`` ops on it inside the trace return
-    tracers, and ``bool()`` of a tracer fails. The exception is a tracer with known values
-    (``jax.grad`` without ``jit``): it cannot become NumPy, but ``jnp`` ops on it stay concrete.
+    A concrete array closed over by a jitted function is still concrete, but ``jnp`` ops on it
+    inside the trace return tracers (``bool()`` of one fails), so its values are read through
+    NumPy. The exception is a tracer with known values (``jax.grad`` without ``jit``): it cannot
+    become NumPy, but ``jnp`` ops on it stay concrete.
     """
+    import numpy as np
+
     if x is None or isinstance(x, jax.core.Tracer):
         return x
     return np.asarray(x)
-
-
-def value_namespace(*arrays: object):
-    """``jnp`` if any array is a (concrete) tracer, else NumPy (see :func:`to_numpy`)."""
-    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np_xp
 
 
 def _checkify():
@@ -54,71 +68,85 @@ def _checkify():
     return checkify
 
 
-def finite(name: str, x: jax.Array, valid: jax.Array | None, traced_checks: bool) -> None:
-    """NaN/inf at valid positions: core ``ValueError`` eagerly, a checkify check if asked."""
-    if not traced(x, valid):
-        check_finite(value_namespace(x, valid), name, to_numpy(x), to_numpy(valid))
-        return
-    if traced_checks:
-        bad = ~jnp.isfinite(x)
-        if valid is not None:
-            bad = bad & valid
-        _checkify().check(
-            ~jnp.any(bad),
-            f"{name}: expected finite values at valid positions, got {{count}} NaN/inf",
-            count=jnp.sum(bad.astype(jnp.int32)),
-        )
+def _finite_check(name: str, bad: jax.Array) -> None:
+    _checkify().check(
+        ~jnp.any(bad),
+        f"{name}: expected finite values at valid positions, got {{count}} NaN/inf",
+        count=jnp.sum(bad.astype(jnp.int32)),
+    )
 
 
-def nonempty(what: str, counts: jax.Array, traced_checks: bool) -> None:
-    """Every trajectory has at least one valid step."""
-    if not traced(counts):
-        empty_np = to_numpy(counts) == 0
-        if bool(empty_np.any()):
-            first = int(empty_np.argmax())
-            n = int(empty_np.sum())
-            raise ValueError(
-                f"{what}: expected every trajectory to have at least one valid step, got {n} "
-                f"empty trajectories (first: trajectory {first})"
-            )
+def hooks(traced_checks: bool) -> CheckHooks:
+    """The core's check hooks for JAX: readable values are checked as in the core; traced ones
+    become ``checkify`` checks when ``traced_checks`` is on, and are skipped otherwise."""
+
+    def finite(xp: Any, name: str, x: jax.Array, valid: jax.Array | None) -> None:
+        if not traced(x, valid):
+            check_finite(xp, name, x, valid)
+        elif traced_checks:
+            bad = ~jnp.isfinite(x)
+            _finite_check(name, bad if valid is None else bad & valid)
+
+    return CheckHooks(readable=values_readable, finite=finite)
+
+
+def traced_value_checks(
+    traced_checks: bool,
+    *,
+    counts: tuple[str, jax.Array] | None = None,
+    mask: jax.Array | None = None,
+    ids: tuple[tuple[str, jax.Array | None, int, str, jax.Array | None], ...] = (),
+    logits: tuple[tuple[str, jax.Array | None, jax.Array], ...] = (),
+) -> None:
+    """The core's value checks as ``checkify`` checks, for traced inputs under
+    ``traced_checks=True`` (readable inputs were already checked by the core validators).
+
+    Args:
+      counts: ``(what, [M] valid steps per trajectory)``: every trajectory has a valid step.
+      mask: a numeric mask, which must hold only 0 and 1.
+      ids: ``(name, ids, hi, what, valid)``: ``ids`` in ``0..hi-1`` (at ``valid`` positions).
+      logits: ``(name, [M, T, V] logits, [M, T] valid)``: no NaN or +inf at valid steps, and
+        at least one finite logit at each (the row maximum says both).
+    """
+    if not traced_checks:
         return
-    if traced_checks:
-        empty = counts == 0
-        _checkify().check(
+    check = _checkify().check
+    if counts is not None and traced(counts[1]):
+        what, n_k = counts
+        empty = n_k == 0
+        check(
             ~jnp.any(empty),
             f"{what}: expected every trajectory to have at least one valid step, got {{n}} "
             "empty trajectories",
             n=jnp.sum(empty.astype(jnp.int32)),
         )
-
-
-def ids_in_range(name: str, ids: jax.Array, hi: int, valid: jax.Array | None,
-                 traced_checks: bool, what: str = "M-1") -> None:
-    """Integer ids in ``0..hi-1`` (at valid positions when ``valid`` is given)."""
-    if ids.size == 0:
-        return
-    if not traced(ids, valid):
-        ids_np = to_numpy(ids)
-        bad_np = (ids_np < 0) | (ids_np >= hi)
-        if valid is not None:
-            bad_np = bad_np & to_numpy(valid)
-        if bool(bad_np.any()):
-            if valid is not None:  # the core's wording for actions at valid steps
-                raise ValueError(f"{name}: expected values in 0..{what} = 0..{hi - 1} at valid "
-                                 "steps")
-            raise ValueError(
-                f"{name}: expected values in 0..{what} = 0..{hi - 1}, got values in "
-                f"{int(ids_np.min())}..{int(ids_np.max())}"
-            )
-        return
-    if traced_checks:
-        bad = (ids < 0) | (ids >= hi)
+    if mask is not None and mask.dtype != jnp.bool_ and traced(mask):
+        check(
+            jnp.all((mask == 0) | (mask == 1)),
+            "mask: a numeric mask must hold only 0 and 1, got other values",
+        )
+    for name, x, hi, what, valid in ids:
+        if x is None or x.size == 0 or not traced(x, valid):
+            continue
+        bad = (x < 0) | (x >= hi)
         if valid is not None:
             bad = bad & valid
-        _checkify().check(
+        check(
             ~jnp.any(bad),
             f"{name}: expected values in 0..{what} = 0..{hi - 1}, got {{n}} values outside",
             n=jnp.sum(bad.astype(jnp.int32)),
+        )
+    for name, x, valid in logits:
+        if x is None or not traced(x, valid):
+            continue
+        peak = jnp.max(x, axis=-1)
+        _finite_check(name, (jnp.isnan(peak) | (peak == jnp.inf)) & valid)
+        dead = (peak == -jnp.inf) & valid
+        check(
+            ~jnp.any(dead),
+            f"{name}: expected at least one finite logit at every valid step, got {{n}} valid "
+            "steps whose logits are all -inf",
+            n=jnp.sum(dead.astype(jnp.int32)),
         )
 
 
@@ -134,6 +162,7 @@ def check_chunk_size(chunk_size: object) -> int:
 
 
 def check_bool(name: str, value: object) -> bool:
+    """A static bool keyword."""
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
     return value

@@ -1,4 +1,9 @@
-"""``haepo_loss`` and ``haepo_loss_packed`` on JAX arrays (jit-, vmap- and shard_map-ready)."""
+"""``haepo_loss`` and ``haepo_loss_packed`` on JAX arrays (jit-, vmap- and shard_map-ready).
+
+Validation is the core's (with the JAX hooks of :mod:`._checks`) and the objective is the
+core's, fed the JAX primitives of :mod:`._policy`; what is JAX-specific here is the static
+group index (:mod:`._segments`) and the padding-proof per-step sums.
+"""
 
 from __future__ import annotations
 
@@ -8,88 +13,95 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from haepo_core import HAEPOOutput
-from haepo_core._loss import _options, _require_inputs
-from haepo_core._namespace import compute_dtype, get_namespace
-from haepo_core._regularizers import _kl_steps
-from haepo_core._validation import (
-    check_float,
-    check_ids,
-    check_mask,
-    check_rank,
-    check_returns,
-    check_shape,
-)
+from haepo_core.kit import HAEPOOutput, Options, objective, validate_packed, validate_padded
 
-from ._checks import (
-    check_bool,
-    finite,
-    ids_in_range,
-    nonempty,
-    to_numpy,
-    traced,
-    value_namespace,
-)
+from ._checks import check_bool, hooks, require_jax, traced_value_checks
 from ._collectives import AxisName
-from ._groups import dense_group_ids
-from ._objective import Options, objective
+from ._policy import JaxPrimitives
+from ._segments import dense_group_ids
+from ._vocab import compute_dtype
 
 __all__ = ["haepo_loss", "haepo_loss_packed"]
 
 
-def _require_jax(**arrays: Any) -> None:
-    xp = get_namespace(**arrays)  # TypeError for non-arrays or mixed libraries
-    if xp is not jnp and getattr(xp, "__name__", "") != "jax.numpy":
-        bad = next(k for k, v in arrays.items() if v is not None)
-        raise TypeError(
-            f"{bad}: expected a jax.Array (haepo_backends.jax works on JAX arrays; use "
-            f"haepo_core for other libraries), got {type(arrays[bad]).__module__}."
-            f"{type(arrays[bad]).__name__}"
-        )
-
-
-def make_options(**kw: Any) -> Options:
-    """Validate the options with the core's checks and messages.
-
-    A traced coefficient (``jit`` argument, or differentiated with ``jax.grad``/``vjp``) has no
-    value to check: only its rank is checked here; its value then follows the documented
-    tracing rules (a negative coefficient is not caught).
-    """
-    checked = dict(kw)
-    for name in ("entropy_coef", "kl_coef", "temperature", "eps"):
-        value = kw[name]
-        if isinstance(value, jax.core.Tracer):
-            if value.ndim != 0:
-                raise TypeError(f"{name}: expected a real number or a 0-d array, got shape "
-                                f"{tuple(value.shape)}")
-            checked[name] = 1.0
-    _options(**checked)
-    return Options(**kw)
-
-
-def _sanitize(x: jax.Array, valid: jax.Array, cdt: Any) -> jax.Array:
-    # Padding is replaced *before* any arithmetic (and before the cast: a bf16 NaN stays NaN),
-    # so NaN/inf there reach neither the value nor the gradient: where() after an exp would
-    # still send 0 * inf = NaN back through the exp.
+def sanitize(x: jax.Array, valid: jax.Array, cdt: Any) -> jax.Array:
+    """``x`` in ``cdt`` with padding replaced by 0 *before* any arithmetic (and before the
+    cast: a bf16 NaN stays NaN), so NaN/inf there reach neither the value nor the gradient:
+    where() after an exp would still send 0 * inf = NaN back through the exp."""
     return jnp.where(valid, x, jnp.zeros((), x.dtype)).astype(cdt)
 
 
-def valid_mask(mask: jax.Array | None, shape: tuple[int, int], traced_checks: bool) -> jax.Array:
-    """Boolean ``[M, T]`` validity from ``mask`` (core checks; checkify for traced 0/1)."""
-    if mask is None:
-        return jnp.ones(shape, dtype=bool)
-    if not traced(mask):  # the core's shape, dtype and 0/1 checks, on the values via NumPy
-        check_mask(value_namespace(mask), "mask", to_numpy(mask), shape)
-    else:
-        check_mask(jnp, "mask", mask, shape)  # shape and dtype only (values are traced)
-        if traced_checks and mask.dtype != jnp.bool_:
-            from jax.experimental import checkify
+def group_index(
+    group_ids: jax.Array | None,
+    m: int,
+    num_groups: int | None,
+    axis_name: AxisName,
+    traced_checks: bool,
+) -> tuple[jax.Array, int]:
+    """The dense group index and its static number of segments (see :mod:`._segments`)."""
+    gidx, num = dense_group_ids(group_ids, m, num_groups, axis_name)
+    if group_ids is not None and num_groups is not None:
+        traced_value_checks(
+            traced_checks, ids=(("group_ids", group_ids, num, "num_groups-1", None),)
+        )
+    return gidx, num
 
-            checkify.check(
-                jnp.all((mask == 0) | (mask == 1)),
-                "mask: a numeric mask must hold only 0 and 1, got other values",
-            )
-    return mask if mask.dtype == jnp.bool_ else mask != 0
+
+def finish(
+    *,
+    L: jax.Array,
+    n_k: jax.Array,
+    returns: jax.Array,
+    gidx: jax.Array,
+    num: int,
+    ent_sum: jax.Array | None,
+    kl_sum: jax.Array | None,
+    opts: Options,
+    axis_name: AxisName,
+    out_dtype: Any,
+) -> HAEPOOutput:
+    """The core objective on JAX primitives from this device's per-trajectory sums."""
+    return objective(
+        JaxPrimitives(axis_name),
+        L=L,
+        n_k=n_k,
+        returns=returns,
+        index=gidx,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=jnp.sum(n_k),
+        opts=opts,
+        out_dtype=out_dtype,
+    )
+
+
+def kl_sum(x: jax.Array, ref_logp: jax.Array, valid: jax.Array | None, estimator: str):
+    """Sum of the per-step KL estimate; ``ref_logp`` is a constant (0 at padding: x = ref = 0)."""
+    ref = lax.stop_gradient(ref_logp)
+    ref = ref.astype(x.dtype) if valid is None else sanitize(ref, valid, x.dtype)
+    return JaxPrimitives().kl_estimate_sum(x, ref, estimator)
+
+
+def options(
+    entropy_coef: Any,
+    kl_coef: Any,
+    kl_estimator: str,
+    normalize_returns: str,
+    temperature: Any,
+    length_normalize: bool,
+    eps: Any,
+) -> dict[str, Any]:
+    """The option keywords of every entry point, as the core validators take them."""
+    return dict(
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+        kl_estimator=kl_estimator,
+        normalize_returns=normalize_returns,
+        temperature=temperature,
+        length_normalize=length_normalize,
+        eps=eps,
+    )
 
 
 def haepo_loss(
@@ -156,14 +168,15 @@ def haepo_loss(
 
     Returns:
       ``haepo_core.HAEPOOutput`` (a pytree): ``loss``, ``weights [M]``,
-      ``normalized_returns [M]``, ``log_likelihood [M]``, ``stats`` (dict of 0-d, no gradient).
+      ``normalized_returns [M]``, ``log_likelihood [M]``, ``stats`` (``haepo_core.HAEPOStats``
+      of 0-d arrays, no gradient; ``stats["ess"]`` reads like a dict).
       Computation runs in float32 for float16/bfloat16/float32 inputs and in float64 for
       float64 (enable ``jax_enable_x64``); outputs are cast back to ``logp.dtype``.
 
     Raises:
       ValueError / TypeError naming the argument, as the core, for bad shapes, dtypes and
-      options (at trace time under jit) and, on concrete arrays, for NaN/inf at valid steps,
-      empty trajectories and out-of-range ids. Under tracing, value checks follow
+      options (at trace time under jit), for ``M = 0`` and, on concrete arrays, for NaN/inf at
+      valid steps, empty trajectories and out-of-range ids. Under tracing, value checks follow
       ``traced_checks`` (see above); by default NaN/inf at a valid step gives a NaN loss.
 
     Example:
@@ -178,49 +191,37 @@ def haepo_loss(
       >>> g(logp).shape
       (3, 2)
     """
-    _require_jax(
-        logp=logp, returns=returns, mask=mask, group_ids=group_ids, entropy=entropy,
+    require_jax(
+        logp=logp,
+        returns=returns,
+        mask=mask,
+        group_ids=group_ids,
+        entropy=entropy,
         ref_logp=ref_logp,
     )
-    check_rank("logp", logp, 2, "[M, T]")
-    check_float(jnp, "logp", logp)
-    m, t = logp.shape
-    check_returns(jnp, "returns", returns, m)
-    if group_ids is not None:
-        check_ids(jnp, "group_ids", group_ids, m, "[M]")
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_float(jnp, name, arr)
-            check_shape(name, arr, (m, t), "[M, T] (same as logp)")
-    opts = make_options(
-        entropy_coef=entropy_coef, kl_coef=kl_coef, kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns, temperature=temperature,
-        length_normalize=length_normalize, eps=eps,
-    )
     check_bool("traced_checks", traced_checks)
-    _require_inputs(opts, entropy is not None, ref_logp is not None)
-    valid = valid_mask(mask, (m, t), traced_checks)
-    gidx, num = dense_group_ids(group_ids, m, num_groups, axis_name)
-    nonempty("mask", jnp.sum(valid.astype(jnp.int32), axis=1), traced_checks)
-    finite("logp", logp, valid, traced_checks)
-    finite("returns", returns, None, traced_checks)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            finite(name, arr, valid, traced_checks)
-    if group_ids is not None and num_groups is not None:
-        ids_in_range("group_ids", group_ids, num, None, traced_checks, "num_groups-1")
-
-    cdt = compute_dtype(jnp, logp.dtype)
-    x = _sanitize(logp, valid, cdt)
-    n_k = jnp.sum(valid.astype(cdt), axis=1)
-    ent_sum = None if entropy is None else jnp.sum(_sanitize(entropy, valid, cdt))
-    kl_sum = None
-    if ref_logp is not None:
-        ref = _sanitize(lax.stop_gradient(ref_logp), valid, cdt)
-        kl_sum = jnp.sum(_kl_steps(jnp, x, ref, kl_estimator))  # 0 at padding (x = ref = 0)
-    return objective(
-        L=jnp.sum(x, axis=1), n_k=n_k, returns=returns, gidx=gidx, num=num, ent_sum=ent_sum,
-        kl_sum=kl_sum, n_steps=jnp.sum(n_k), opts=opts, axis_name=axis_name,
+    kw = options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    valid, opts, _ = validate_padded(
+        jnp, logp, returns, mask, group_ids, entropy, ref_logp, kw, hooks(traced_checks)
+    )
+    gidx, num = group_index(group_ids, logp.shape[0], num_groups, axis_name, traced_checks)
+    traced_value_checks(
+        traced_checks, counts=("mask", jnp.sum(valid.astype(jnp.int32), axis=1)), mask=mask
+    )
+    cdt = compute_dtype(logp.dtype)
+    x = sanitize(logp, valid, cdt)
+    return finish(
+        L=jnp.sum(x, axis=1),
+        n_k=jnp.sum(valid.astype(cdt), axis=1),
+        returns=returns,
+        gidx=gidx,
+        num=num,
+        ent_sum=None if entropy is None else jnp.sum(sanitize(entropy, valid, cdt)),
+        kl_sum=None if ref_logp is None else kl_sum(x, ref_logp, valid, kl_estimator),
+        opts=opts,
+        axis_name=axis_name,
         out_dtype=logp.dtype,
     )
 
@@ -273,52 +274,39 @@ def haepo_loss_packed(
       >>> round(float(out.loss), 5)
       0.88511
     """
-    _require_jax(
-        logp=logp, segment_ids=segment_ids, returns=returns, group_ids=group_ids,
-        entropy=entropy, ref_logp=ref_logp,
-    )
-    check_rank("logp", logp, 1, "[N]")
-    check_float(jnp, "logp", logp)
-    n = logp.shape[0]
-    check_ids(jnp, "segment_ids", segment_ids, n, "[N], same as logp")
-    check_rank("returns", returns, 1, "[M]")
-    m = returns.shape[0]
-    check_returns(jnp, "returns", returns, m)
-    if group_ids is not None:
-        check_ids(jnp, "group_ids", group_ids, m, "[M]")
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            check_float(jnp, name, arr)
-            check_shape(name, arr, (n,), "[N] (same as logp)")
-    opts = make_options(
-        entropy_coef=entropy_coef, kl_coef=kl_coef, kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns, temperature=temperature,
-        length_normalize=length_normalize, eps=eps,
+    require_jax(
+        logp=logp,
+        segment_ids=segment_ids,
+        returns=returns,
+        group_ids=group_ids,
+        entropy=entropy,
+        ref_logp=ref_logp,
     )
     check_bool("traced_checks", traced_checks)
-    _require_inputs(opts, entropy is not None, ref_logp is not None)
-    ids_in_range("segment_ids", segment_ids, m, None, traced_checks)
-    gidx, num = dense_group_ids(group_ids, m, num_groups, axis_name)
-    cdt = compute_dtype(jnp, logp.dtype)
-    seg = segment_ids.astype(jnp.int32)
-    n_k = jax.ops.segment_sum(jnp.ones((n,), cdt), seg, num_segments=m)
-    nonempty("segment_ids", n_k, traced_checks)
-    finite("logp", logp, None, traced_checks)
-    finite("returns", returns, None, traced_checks)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            finite(name, arr, None, traced_checks)
-    if group_ids is not None and num_groups is not None:
-        ids_in_range("group_ids", group_ids, num, None, traced_checks, "num_groups-1")
-
+    kw = options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    (_, opts, _), n_k = validate_packed(
+        jnp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw, hooks(traced_checks)
+    )
+    m = returns.shape[0]
+    traced_value_checks(
+        traced_checks,
+        ids=(("segment_ids", segment_ids, m, "M-1", None),),
+        counts=("segment_ids", n_k),
+    )
+    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
+    cdt = compute_dtype(logp.dtype)
     x = logp.astype(cdt)
-    kl_sum = None
-    if ref_logp is not None:
-        ref = lax.stop_gradient(ref_logp).astype(cdt)
-        kl_sum = jnp.sum(_kl_steps(jnp, x, ref, kl_estimator))
-    return objective(
-        L=jax.ops.segment_sum(x, seg, num_segments=m), n_k=n_k, returns=returns, gidx=gidx,
-        num=num, ent_sum=None if entropy is None else jnp.sum(entropy.astype(cdt)),
-        kl_sum=kl_sum, n_steps=jnp.asarray(n, dtype=cdt), opts=opts, axis_name=axis_name,
+    return finish(
+        L=jax.ops.segment_sum(x, segment_ids.astype(jnp.int32), num_segments=m),
+        n_k=n_k.astype(cdt),
+        returns=returns,
+        gidx=gidx,
+        num=num,
+        ent_sum=None if entropy is None else jnp.sum(entropy.astype(cdt)),
+        kl_sum=None if ref_logp is None else kl_sum(x, ref_logp, None, kl_estimator),
+        opts=opts,
+        axis_name=axis_name,
         out_dtype=logp.dtype,
     )

@@ -1,14 +1,22 @@
-"""The Plackett-Luce policy term with its closed-form backward (``jax.custom_vjp``).
+"""The primitives of the core objective for JAX, and the Plackett-Luce term's closed-form
+backward (``jax.custom_vjp``).
 
-Forward: ``w = softmax_g(z)`` within each group (log-sum-exp with the per-group max) and
-``S = sum_k w_k R~_k``. Backward, for cotangents ``(s, c_w)`` of ``(S, w)``: with
+:class:`JaxPrimitives` feeds ``haepo_core``'s objective with the
+``lax.psum``/``pmax``/``pmin`` of :mod:`._collectives` over ``axis_name`` and
+:func:`plackett_luce_term` (the segment reductions are the core's, ``jax.ops.segment_*`` on JAX
+arrays).
+
+Forward of the term: ``w = softmax_g(z)`` within each group (log-sum-exp with the per-group max)
+and the local ``S = sum_k w_k R~_k``. Backward, for cotangents ``(s, c_w)`` of ``(S, w)``: with
 ``c_k = c_w,k + s R~_k`` (the total cotangent reaching ``w_k``) the softmax VJP is
 
     dz_k = w_k (c_k - sum_{j in g} w_j c_j),
 
 which for the loss alone (``c_w = 0``, ``s = -1/#groups``) is the spec's closed form
 ``dJ/dL_k = -(w_k / tau)(R~_k - Rbar_g) / #groups``. One segment sum and two gathers: no softmax
-graph is kept, only ``w`` and ``R~`` (``[M]`` each) are saved for the backward.
+graph is kept, only ``w`` and ``R~`` (``[M]`` each) are saved for the backward. The backward is
+made of differentiable ops on ``w`` (itself differentiable in ``z``), so second derivatives are
+exact.
 
 Why a custom VJP rather than autodiff: autodiff of the stabilised softmax saves ``exp`` and the
 per-group sums and replays the segment max/gather chain; the closed form is shorter, and under a
@@ -21,35 +29,37 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from ._collectives import AxisName, pmax, psum
+from haepo_core.kit import Primitives
 
-__all__ = ["plackett_luce_term"]
+from ._collectives import AxisName, pmax, pmin, psum
+
+__all__ = ["JaxPrimitives", "plackett_luce_term"]
 
 
 def _forward(
     z: jax.Array, r: jax.Array, gidx: jax.Array, num: int, axis_name: AxisName
 ) -> tuple[jax.Array, jax.Array]:
-    # The per-group max is a constant shift: it keeps every exp() argument <= 0, so L_k down to
-    # -1e6 stays finite; it leaves the softmax (and its gradient) unchanged.
-    peak = pmax(jax.ops.segment_max(z, gidx, num_segments=num), axis_name)
-    peak = jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak))  # empty segments
+    # The per-group max is a constant shift: it keeps every exp() argument <= 0; it leaves the
+    # softmax (and its gradient) unchanged. Empty segments (-inf) shift by 0.
+    peak = pmax(jax.ops.segment_max(lax.stop_gradient(z), gidx, num_segments=num), axis_name)
+    peak = jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak))
     e = jnp.exp(z - peak[gidx])
     total = psum(jax.ops.segment_sum(e, gidx, num_segments=num), axis_name)
     total = jnp.where(total > 0, total, jnp.ones_like(total))
     w = e / total[gidx]
-    s = psum(jnp.sum(w * r), axis_name)
-    return s, w
+    return jnp.sum(w * r), w
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def plackett_luce_term(
     z: jax.Array, r: jax.Array, gidx: jax.Array, num: int, axis_name: AxisName
 ) -> tuple[jax.Array, jax.Array]:
-    """``(S, w)``: ``w`` [M] the within-group softmax of ``z`` [M], ``S = sum_k w_k r_k`` (0-d).
+    """``(S, w)``: ``w`` [M] the within-group softmax of ``z`` [M] (normalizers global over
+    ``axis_name``) and this device's ``S = sum_k w_k r_k`` (0-d).
 
-    ``r`` (the normalized returns) is a constant: it receives no gradient. Under a named axis
-    ``S`` and the normalizers are global over the devices of ``axis_name``.
+    ``r`` (the normalized returns) is a constant: it receives no gradient.
     """
     return _forward(z, r, gidx, num, axis_name)
 
@@ -63,10 +73,33 @@ def _bwd(num, axis_name, res, cts):
     w, r, gidx = res
     ct_s, ct_w = cts
     c = ct_w + ct_s * r
-    # Rbar-like weighted mean of the cotangent in each group (global under axis_name).
+    # The weighted mean of the cotangent in each group (global under axis_name).
     cbar = psum(jax.ops.segment_sum(w * c, gidx, num_segments=num), axis_name)
-    dz = w * (c - cbar[gidx])
-    return dz, None, None
+    return w * (c - cbar[gidx]), None, None
 
 
 plackett_luce_term.defvjp(_fwd, _bwd)
+
+
+class JaxPrimitives(Primitives):
+    """The core objective's primitives on JAX arrays: the core's segment reductions (which are
+    ``jax.ops.segment_*`` on JAX arrays), collectives over ``axis_name`` and the closed-form
+    policy term."""
+
+    def __init__(self, axis_name: AxisName = None) -> None:
+        super().__init__(jnp)
+        self.axis_name = axis_name
+
+    def all_sum(self, x: jax.Array) -> jax.Array:
+        return psum(x, self.axis_name)
+
+    def all_max(self, x: jax.Array) -> jax.Array:
+        return pmax(x, self.axis_name)
+
+    def all_min(self, x: jax.Array) -> jax.Array:
+        return pmin(x, self.axis_name)
+
+    def plackett_luce_term(
+        self, z: jax.Array, r_norm: jax.Array, index: jax.Array, num: int
+    ) -> tuple[jax.Array, jax.Array]:
+        return plackett_luce_term(z, r_norm, index, num, self.axis_name)

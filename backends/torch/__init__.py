@@ -13,7 +13,7 @@
 from haepo_core import HAEPOOutput
 
 from ._backend import TorchBackend, backend
-from ._chunked import default_chunk_size, haepo_loss_from_hidden, haepo_loss_from_logits
+from ._lean import default_chunk_size, haepo_loss_from_hidden, haepo_loss_from_logits
 from ._loss import haepo_loss, haepo_loss_packed
 
 __all__ = [

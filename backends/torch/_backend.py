@@ -1,173 +1,204 @@
-"""The ``haepo_core.Backend`` object for PyTorch (entry point ``torch``) and its variants."""
+"""The ``haepo_core.Backend`` object for PyTorch (entry point ``torch``) and its variants.
+
+A backend object is the loss functions plus a two-function autodiff primitive (``grad`` and
+``hvp``, both ``torch.autograd``); the conformance suite does the NumPy boundary and the
+packed/padded plumbing. The loss functions are reached through the package at call time, so
+the modules behind them can move freely.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import array_api_compat.torch as xp_torch
-import numpy as np
 import torch
-
-from haepo_core import HAEPOOutput
-
-from ._loss import haepo_loss, haepo_loss_packed
 
 __all__ = ["TorchBackend", "backend"]
 
-_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-_FLOAT_INPUTS = ("logp", "returns", "entropy", "ref_logp", "logits", "ref_logits")
+_LEAN = ("haepo_loss_from_logits", "haepo_loss_from_hidden")
+_ENTRIES = ("haepo_loss", "haepo_loss_packed", *_LEAN)
+
+
+def _public(name: str) -> Callable[..., Any]:
+    """``haepo_backends.torch.<name>``, looked up at call time."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import haepo_backends.torch as pkg
+
+        return getattr(pkg, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 class TorchBackend:
-    """HAEPO on PyTorch: closed-form policy backward, autograd for everything else.
+    """HAEPO on PyTorch: the given loss functions, differentiated by ``torch.autograd``.
 
-    ``value_and_grad`` runs ``torch.autograd`` through this backend's own loss functions.
-    ``variants()`` gives ``"compile"`` (the same functions under
-    ``torch.compile(fullgraph=True, dynamic=True)``, value checks run eagerly first) and
-    ``"core_autograd"`` (``haepo_core`` itself on torch tensors, plain autograd through the
-    softmax): both must agree with this one.
+    ``entries`` maps entry-point names (``haepo_loss``, ``haepo_loss_packed``,
+    ``haepo_loss_from_logits``, ``haepo_loss_from_hidden``) to functions; only those become
+    attributes (the suite checks the capabilities a backend has). ``second_order`` lists the
+    entries whose double backward is exact (the ``gradient.second_order`` property checks
+    them). ``variants()`` of the default backend: ``"compile"`` (``torch.compile(
+    fullgraph=True, dynamic=True)``, value checks run eagerly first), ``"core_autograd"``
+    (``haepo_core`` on torch tensors, plain autograd, exact second derivatives) and, where
+    Triton can run, ``"triton"`` (the lean paths with ``kernel="triton"``).
     """
 
-    name = "torch"
     xp = xp_torch
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
-    supports_packed = True
-    differentiable: tuple[str, ...] = ("logp", "entropy")
 
     def __init__(
         self,
         name: str = "torch",
-        loss: Callable[..., HAEPOOutput] | None = None,
-        loss_packed: Callable[..., HAEPOOutput] | None = None,
+        entries: Mapping[str, Callable[..., Any]] | None = None,
+        *,
+        chunked: bool = True,
+        second_order: Sequence[str] = (),
     ) -> None:
         self.name = name
-        self._loss = loss or haepo_loss
-        self._loss_packed = loss_packed or haepo_loss_packed
+        entries = {e: _public(e) for e in _ENTRIES} if entries is None else dict(entries)
+        unknown = set(entries) - set(_ENTRIES)
+        if unknown:
+            raise ValueError(f"entries: expected names among {_ENTRIES}, got {sorted(unknown)}")
+        for entry, fn in entries.items():
+            setattr(self, entry, fn)
+        self.chunked = chunked and any(e in entries for e in _LEAN)
+        self.second_order = tuple(second_order)
 
     def __repr__(self) -> str:
         return f"TorchBackend({self.name!r})"
 
     @property
-    def devices(self) -> tuple[str, ...]:  # type: ignore[override]
+    def devices(self) -> tuple[str, ...]:
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
-    def asarray(self, x: Any, *, dtype: str | None = None, device: str | None = None) -> Any:
-        if isinstance(x, torch.Tensor):
-            t = x
-        else:
-            a = np.asarray(x)
-            if a.dtype.kind == "u" and a.dtype != np.uint8:
-                a = a.astype(np.int64)  # torch has no general unsigned integer support
-            t = torch.from_numpy(np.ascontiguousarray(a))
-        if dtype is not None and t.dtype.is_floating_point:
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype: expected one of {tuple(_DTYPES)}, got {dtype!r}")
-            t = t.to(_DTYPES[dtype])
-        if device is not None:
-            t = t.to(device)
-        return t
+    def grad(
+        self, fn: Callable[[dict[str, Any]], Any], args: Mapping[str, Any], wrt: Sequence[str]
+    ) -> tuple[Any, dict[str, Any]]:
+        a, leaves = _leaves(args, wrt)
+        loss = fn(a)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return loss.detach(), _zeros_for_none(wrt, leaves, grads)
 
-    def to_numpy(self, x: Any) -> Any:
-        t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16
-            t = t.to(torch.float32)
-        return t.numpy()
-
-    def haepo_loss(self, logp: Any, returns: Any, mask: Any = None, **kwargs: Any) -> HAEPOOutput:
-        return self._loss(logp, returns, mask, **kwargs)
-
-    def haepo_loss_packed(
-        self, logp: Any, segment_ids: Any, returns: Any, **kwargs: Any
-    ) -> HAEPOOutput:
-        return self._loss_packed(logp, segment_ids, returns, **kwargs)
-
-    def value_and_grad(
+    def hvp(
         self,
-        inputs: Mapping[str, Any],
-        *,
-        wrt: Sequence[str] = ("logp",),
-        packed: bool = False,
-        dtype: str = "float64",
-        device: str | None = None,
-        **kwargs: Any,
-    ) -> tuple[float, dict[str, Any]]:
-        bad = [w for w in wrt if w not in self.differentiable]
-        if bad:
-            raise ValueError(f"wrt: expected a subset of {self.differentiable}, got {tuple(wrt)}")
-        if "entropy" in wrt and inputs.get("entropy") is None:
-            raise ValueError("wrt: 'entropy' needs an entropy input")
-        args = {
-            k: None
-            if v is None
-            else self.asarray(v, dtype=dtype if k in _FLOAT_INPUTS else None, device=device)
-            for k, v in inputs.items()
-        }
-        leaves = list(wrt)
-        tensors = []
-        for k in leaves:
-            args[k] = args[k].detach().requires_grad_(True)
-            tensors.append(args[k])
-        if packed:
-            out = self.haepo_loss_packed(
-                args.pop("logp"), args.pop("segment_ids"), args.pop("returns"), **args, **kwargs
-            )
-        else:
-            out = self.haepo_loss(
-                args.pop("logp"), args.pop("returns"), args.pop("mask", None), **args, **kwargs
-            )
-        grads = torch.autograd.grad(out.loss, tensors, allow_unused=True)
-        result = {
-            k: self.to_numpy(torch.zeros_like(t) if g is None else g)
-            for k, t, g in zip(leaves, tensors, grads)
-        }
-        return float(out.loss.detach().to(torch.float64)), result
+        fn: Callable[[dict[str, Any]], Any],
+        args: Mapping[str, Any],
+        wrt: Sequence[str],
+        vectors: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        a, leaves = _leaves(args, wrt)
+        grads = torch.autograd.grad(fn(a), leaves, create_graph=True, allow_unused=True)
+        dot = sum((g * vectors[k]).sum() for k, g in zip(wrt, grads) if g is not None)
+        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+            return {k: torch.zeros_like(x) for k, x in zip(wrt, leaves)}
+        return _zeros_for_none(wrt, leaves, torch.autograd.grad(dot, leaves, allow_unused=True))
 
     def variants(self) -> Mapping[str, TorchBackend]:
         if self.name != "torch":
             return {}
-        return {"compile": _compiled_backend(), "core_autograd": _core_backend()}
+        out = {"compile": _compiled_backend(), "core_autograd": _core_backend()}
+        triton = _triton_backend()
+        if triton is not None:
+            out["triton"] = triton
+        return out
+
+
+def _leaves(args: Mapping[str, Any], wrt: Sequence[str]) -> tuple[dict[str, Any], list[Any]]:
+    a = dict(args)
+    for k in wrt:
+        a[k] = a[k].detach().requires_grad_(True)
+    return a, [a[k] for k in wrt]
+
+
+def _zeros_for_none(wrt: Sequence[str], leaves: list[Any], grads: Sequence[Any]) -> dict:
+    return {
+        k: (torch.zeros_like(x) if g is None else g.detach()) for k, x, g in zip(wrt, leaves, grads)
+    }
 
 
 def _core_backend() -> TorchBackend:
     import haepo_core
 
-    return TorchBackend("torch[core_autograd]", haepo_core.haepo_loss, haepo_core.haepo_loss_packed)
+    entries = {
+        "haepo_loss": haepo_core.haepo_loss,
+        "haepo_loss_packed": haepo_core.haepo_loss_packed,
+        "haepo_loss_from_logits": haepo_core.haepo_loss_from_logits,
+    }
+    # Plain autograd through the core's array-API code: every second derivative is exact.
+    return TorchBackend("torch[core_autograd]", entries, chunked=False, second_order=tuple(entries))
 
 
-_COMPILED: dict[str, Callable[..., HAEPOOutput]] = {}
+def _triton_backend() -> TorchBackend | None:
+    """The lean paths with ``kernel="triton"``, when the keyword exists and Triton can run
+    here (CUDA, or ``TRITON_INTERPRET=1``); None otherwise."""
+    try:
+        import haepo_backends.torch as pkg
+        from haepo_backends.torch import _triton  # detection only, no loss function
+    except ImportError:
+        return None
+    available = getattr(_triton, "available", None)
+    if not callable(available) or not available():
+        return None
+    entries = {}
+    for entry in _LEAN:
+        fn = getattr(pkg, entry, None)
+        if fn is None or "kernel" not in inspect.signature(fn).parameters:
+            continue
+        entries[entry] = _with_kernel(entry, "triton")
+    return TorchBackend("torch[triton]", entries) if entries else None
 
 
-def _compiled(name: str, fn: Callable[..., HAEPOOutput]) -> Callable[..., HAEPOOutput]:
+def _with_kernel(entry: str, kernel: str) -> Callable[..., Any]:
+    public = _public(entry)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return public(*args, kernel=kernel, **kwargs)
+
+    call.__name__ = call.__qualname__ = entry
+    return call
+
+
+_COMPILED: dict[str, Callable[..., Any]] = {}
+
+
+def _compiled(name: str) -> Callable[..., Any]:
     # The conformance suite calls this variant with many shapes and options. Dynamo (which
     # decides graph breaks: fullgraph=True makes any break an error) and AOTAutograd (which
     # traces the closed-form backward) are what must accept our code; Inductor's C++ build
     # costs ~100 s per graph on a 2-core CPU box, so the variant defaults to "aot_eager".
     # HAEPO_TORCH_COMPILE_BACKEND=inductor runs the full stack.
     if name not in _COMPILED:
+        import haepo_backends.torch as pkg
+
         backend_name = os.environ.get("HAEPO_TORCH_COMPILE_BACKEND", "aot_eager")
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=True, backend=backend_name)
+        _COMPILED[name] = torch.compile(
+            getattr(pkg, name), fullgraph=True, dynamic=True, backend=backend_name
+        )
     return _COMPILED[name]
 
 
+def _compiled_entry(name: str) -> Callable[..., Any]:
+    eager = _public(name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        # Value checks (NaN at valid steps, empty trajectories...) read values: they run
+        # eagerly first, as a training loop would run them once before compiling.
+        eager(*_detached(args), **_no_group(kwargs))
+        with _recompile_budget():
+            return _compiled(name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 def _compiled_backend() -> TorchBackend:
-    def loss(logp: Any, returns: Any, mask: Any = None, **kw: Any) -> HAEPOOutput:
-        haepo_loss(logp.detach(), returns, mask, **_no_group(kw))  # eager value checks
-        with _recompile_budget():
-            return _compiled("padded", haepo_loss)(logp, returns, mask, **kw)
-
-    def loss_packed(logp: Any, segment_ids: Any, returns: Any, **kw: Any) -> HAEPOOutput:
-        haepo_loss_packed(logp.detach(), segment_ids, returns, **_no_group(kw))
-        with _recompile_budget():
-            return _compiled("packed", haepo_loss_packed)(logp, segment_ids, returns, **kw)
-
-    return TorchBackend("torch[compile]", loss, loss_packed)
+    return TorchBackend(
+        "torch[compile]", {e: _compiled_entry(e) for e in ("haepo_loss", "haepo_loss_packed")}
+    )
 
 
 def _recompile_budget() -> Any:
@@ -176,6 +207,10 @@ def _recompile_budget() -> Any:
     the same function, many more than Dynamo's default limit of 8, and with fullgraph=True
     hitting the limit is a hard error. Raise the limit for these calls only."""
     return torch._dynamo.config.patch(recompile_limit=512, accumulated_recompile_limit=4096)
+
+
+def _detached(args: Sequence[Any]) -> list[Any]:
+    return [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def _no_group(kw: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,8 @@ closed form once the per-trajectory sums ``L_k`` are known, so:
   ``d weight += dz.T @ h`` (2 GEMMs): five GEMMs, and none in the autograd backward, which
   only scales the stored gradients by the upstream gradient (:class:`_PrecomputedGrad`).
 
-Per chunk the closed forms are (``l = log p``, ``l' = log p_ref``, per row)
-
-    dz = g_logp*onehot(a) - p * (alpha + beta*l + g_kl*l'),
-    alpha = g_logp + g_ent*H + g_kl*KL,  beta = g_ent - g_kl
-
-so at most three float32 ``[chunk, V]`` blocks are alive at a time.
+Per chunk ``dz`` is the closed form of ``_vocab.logits_grad`` (written once, shared with the
+from-logits backward), so at most three float32 ``[chunk, V]`` blocks are alive at a time.
 """
 
 from __future__ import annotations
@@ -31,8 +27,16 @@ from typing import Any
 
 import torch
 
-from ._distributed import all_reduce_sum, world_size
-from ._vocab import _pick, _rowdot, _walk_forward
+from ._collectives import all_reduce_sum, world_size
+from ._vocab import (
+    _forward_block,
+    _pick,
+    _rowdot,
+    _walk_forward,
+    log_softmax,
+    logits_grad,
+    refuse_second_order,
+)
 
 __all__ = ["attach_gradients", "fused_linear_values", "grad_walk", "policy_logp"]
 
@@ -83,16 +87,6 @@ class _Workspace:
         return self.blocks[i][:rows]
 
 
-def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
-    """log_softmax over dim 1, in place on CPU: the CPU kernel finishes a row's max and sum
-    before it writes that row, so no second block is needed (checked against
-    torch.log_softmax in the tests); elsewhere a new tensor, as the kernel's in-place safety
-    is not documented there."""
-    if x.device.type == "cpu":
-        return torch._log_softmax(x, 1, False, out=x)
-    return torch.log_softmax(x, dim=1)
-
-
 def fused_linear_values(
     hidden2d: torch.Tensor,
     weight: torch.Tensor,
@@ -102,6 +96,7 @@ def fused_linear_values(
     acts: torch.Tensor,
     chunk: int,
     cdt: torch.dtype,
+    forward_block: Callable[..., Any] = _forward_block,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logp_a, entropy, kl)`` ``[n]`` with no gradient: one walk, each chunk projected once
     per head (used when nothing needs a gradient)."""
@@ -112,33 +107,7 @@ def fused_linear_values(
         ref_src = lambda s, e: _linear(_pick(rh, rows, s, e), rw, rb).to(cdt)
     # Finite hidden states and weights (checked) give finite logits: no -inf handling.
     with torch.no_grad():
-        return _walk_forward(src, ref_src, acts.shape[0], acts, chunk, cdt, True)
-
-
-def _lse_walk(
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor | None,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    n = acts.shape[0]
-    logp = torch.empty(n, dtype=cdt, device=acts.device)
-    lse = torch.empty(n, dtype=cdt, device=acts.device)
-    ws = _Workspace(1, min(chunk, n), weight.shape[0], cdt, acts.device)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        z = ws.project(0, _pick(hidden2d, rows, s, e), weight, bias)
-        a = acts[s:e, None]
-        z_a = z.gather(1, a)[:, 0]
-        # log_softmax is one fused kernel; torch.logsumexp makes about four passes (3x slower
-        # at [128, 32000] on CPU). lse = z_a - log p_a.
-        lp = _log_softmax_(z).gather(1, a)[:, 0]
-        logp[s:e] = lp
-        lse[s:e] = z_a - lp
-    return logp, lse
+        return _walk_forward(src, ref_src, acts.shape[0], acts, chunk, cdt, True, forward_block)
 
 
 def grad_walk(
@@ -155,13 +124,16 @@ def grad_walk(
     chunk: int,
     need: tuple[bool, bool, bool],
     values: bool,
+    kind: str = "torch",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
     """Pass 2: re-project each chunk (policy with the pass-1 ``lse``, reference ``ref`` =
     ``(ref_hidden2d, ref_weight, ref_bias)`` when given) and return ``(entropy [n] | None,
     kl [n] | None, [d hidden2d, d weight, d bias])`` for the loss
     ``sum_t g_logp_t logp_t + g_ent sum_t H_t + g_kl sum_t KL_t`` (``g_logp`` ``[n]``,
     ``g_ent``/``g_kl`` 0-d, ``None`` = 0). ``need`` says which of the three gradients to build
-    (the others are skipped, GEMMs included); ``values`` asks for entropy and KL values."""
+    (the others are skipped, GEMMs included); ``values`` asks for entropy and KL values.
+    ``kind="triton"`` does each chunk's statistics and ``dz`` in the Triton kernel
+    (``_triton.grad_block_from_lse``: two sweeps over the raw logits block, written over it)."""
     n, cdt = acts.shape[0], lse.dtype
     dev = acts.device
     need_h, need_w, need_b = need
@@ -176,41 +148,40 @@ def grad_walk(
         d_h = (torch.empty_like if rows is None else torch.zeros_like)(hidden2d)
     d_w = torch.zeros(weight.shape, dtype=acc, device=dev) if need_w else None
     d_b = torch.zeros(weight.shape[0], dtype=acc, device=dev) if need_b else None
-    zero = torch.zeros((), dtype=cdt, device=dev)
     gl_all = torch.zeros(n, dtype=cdt, device=dev) if g_logp is None else g_logp.to(cdt)
-    ge = zero if g_ent is None else g_ent.to(cdt)
-    gk = zero if not use_kl else g_kl.to(cdt)  # type: ignore[union-attr]
-    beta = ge - gk
+    ge = None if g_ent is None else g_ent.to(cdt)
+    gk = g_kl.to(cdt) if use_kl else None  # type: ignore[union-attr]
     ws = _Workspace(2 if ref is None else 3, min(chunk, n), weight.shape[0], cdt, dev)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         h = _pick(hidden2d, rows, s, e)
-        ref_l = None
-        if ref is not None:
-            rh, rw, rb = ref
-            ref_l = _log_softmax_(ws.project(2, _pick(rh, rows, s, e), rw, rb))
-        lsm = ws.project(0, h, weight, bias, lse[s:e])  # log p, with pass 1's normalizer
-        p = torch.exp(lsm, out=ws.block(1, e - s))
-        h_c = -_rowdot(p, lsm) if want_ent else None
-        k_c = None
-        if ref_l is not None:
-            k_c = -h_c - _rowdot(p, ref_l)  # type: ignore[operator]
+        ref_h = None if ref is None else _pick(ref[0], rows, s, e)
+        if kind == "triton":
+            from . import _triton  # imported only here: building the kernels takes time
+
+            z = ws.project(0, h, weight, bias)
+            ref_z = None if ref_h is None else ws.project(2, ref_h, ref[1], ref[2])  # type: ignore[index]
+            u, h_c, k_c = _triton.grad_block_from_lse(
+                z, acts[s:e], lse[s:e], ref_z, gl_all[s:e], ge, gk, out=z
+            )
+        else:
+            ref_l = None
+            if ref_h is not None:
+                ref_l = log_softmax(ws.project(2, ref_h, ref[1], ref[2]), inplace=True)  # type: ignore[index]
+            lsm = ws.project(0, h, weight, bias, lse[s:e])  # log p, with pass 1's normalizer
+            p = torch.exp(lsm, out=ws.block(1, e - s))
+            h_c = -_rowdot(p, lsm) if want_ent else None
+            k_c = None if ref_l is None else -h_c - _rowdot(p, ref_l)  # type: ignore[operator]
+            u = None
+            if need_h or need_w or need_b:
+                u = logits_grad(lsm, acts[s:e], ref_l, h_c, k_c, gl_all[s:e], ge, gk, p=p)
+            del ref_l
         if values:
             ent[s:e] = h_c  # type: ignore[index]
             if kl is not None:
                 kl[s:e] = k_c
-        if not (need_h or need_w or need_b):
+        if u is None or not (need_h or need_w or need_b):
             continue
-        gl = gl_all[s:e]
-        alpha = gl + ge * h_c if h_c is not None else gl
-        if use_kl:
-            alpha = alpha + gk * k_c
-        u = torch.addcmul(-alpha[:, None], lsm, -beta, out=lsm)  # in place over log p
-        if use_kl:
-            u.addcmul_(ref_l, -gk)  # type: ignore[arg-type]
-        del ref_l
-        u.mul_(p)
-        u.scatter_add_(1, acts[s:e, None], gl[:, None])
         if d_b is not None:
             d_b.add_(u.sum(dim=0).to(acc))
         uw = u.to(weight.dtype)
@@ -251,7 +222,20 @@ class _PolicyLogp(torch.autograd.Function):
         cdt: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
-        logp, lse = _lse_walk(hidden2d, weight, bias, rows, acts, chunk, cdt)
+        n = acts.shape[0]
+        logp = torch.empty(n, dtype=cdt, device=acts.device)
+        lse = torch.empty(n, dtype=cdt, device=acts.device)
+        ws = _Workspace(1, min(chunk, n), weight.shape[0], cdt, acts.device)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z = ws.project(0, _pick(hidden2d, rows, s, e), weight, bias)
+            a = acts[s:e, None]
+            z_a = z.gather(1, a)[:, 0]
+            # log_softmax is one fused kernel; torch.logsumexp makes about four passes (3x
+            # slower at [128, 32000] on CPU). lse = z_a - log p_a.
+            lp = log_softmax(z, inplace=True).gather(1, a)[:, 0]
+            logp[s:e] = lp
+            lse[s:e] = z_a - lp
         ctx.save_for_backward(hidden2d, weight, bias, rows, acts, lse)
         ctx.chunk = chunk
         ctx.mark_non_differentiable(lse)
@@ -259,6 +243,7 @@ class _PolicyLogp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g_logp: Any, _: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        refuse_second_order("haepo_loss_from_hidden")
         hidden2d, weight, bias, rows, acts, lse = ctx.saved_tensors
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if g_logp is None:
@@ -270,18 +255,10 @@ class _PolicyLogp(torch.autograd.Function):
         return d_h, d_w, d_b, None, None, None, None
 
 
-def policy_logp(
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor | None,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1: ``(logp_a [n], lse [n])`` for the ``rows`` of ``hidden2d @ weight.T + bias``
-    (every row when ``rows`` is None); ``logp_a`` is differentiable, ``lse`` a constant."""
-    return _PolicyLogp.apply(hidden2d, weight, bias, rows, acts, chunk, cdt)
+policy_logp = _PolicyLogp.apply
+"""Pass 1: ``policy_logp(hidden2d, weight, bias, rows, acts, chunk, cdt) -> (logp_a [n],
+lse [n])`` for the ``rows`` of ``hidden2d @ weight.T + bias`` (every row when ``rows`` is
+None); ``logp_a`` is differentiable, ``lse`` a constant."""
 
 
 class _PrecomputedGrad(torch.autograd.Function):
@@ -305,14 +282,14 @@ class _PrecomputedGrad(torch.autograd.Function):
         return value.clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        refuse_second_order("haepo_loss_from_hidden")
         grads, ctx.grads = ctx.grads, None
         if grads is None:
             grads = ctx.recompute()
         if ctx.group is not None:
             # The stored gradients are for an upstream 1.0 on every rank; the reduced objective
-            # is linear in the sum of the ranks' upstream gradients (see _distributed.py).
+            # is linear in the sum of the ranks' upstream gradients (see _collectives.py).
             g = all_reduce_sum(g.detach(), ctx.group) / world_size(ctx.group)
         if bool(g != 1):
             grads = [None if d is None else d.mul_(g.to(d.dtype)) for d in grads]
@@ -322,15 +299,8 @@ class _PrecomputedGrad(torch.autograd.Function):
         return None, d_h, d_w, d_b, None, None, None
 
 
-def attach_gradients(
-    value: torch.Tensor,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    grads: list[torch.Tensor | None],
-    recompute: Callable[[], list[torch.Tensor | None]],
-    group: Any,
-) -> torch.Tensor:
-    """The loss ``value`` (detached) made differentiable w.r.t. ``hidden``, ``weight`` and
-    ``bias`` with the precomputed ``grads`` (``[d hidden2d, d weight, d bias]``)."""
-    return _PrecomputedGrad.apply(value.detach(), hidden, weight, bias, grads, recompute, group)
+attach_gradients = _PrecomputedGrad.apply
+"""``attach_gradients(value, hidden, weight, bias, grads, recompute, group)``: the detached
+loss ``value`` made differentiable w.r.t. ``hidden``, ``weight`` and ``bias`` with the
+precomputed ``grads`` (``[d hidden2d, d weight, d bias]``; ``recompute()`` rebuilds them for a
+second backward)."""

@@ -1,4 +1,6 @@
-"""``haepo_loss`` and ``haepo_loss_packed`` on torch tensors (padded and packed layouts)."""
+"""``haepo_loss`` and ``haepo_loss_packed`` on torch tensors (padded and packed layouts), and
+:func:`finish`: the core objective (``haepo_core.kit.objective``) on the torch primitives,
+which every entry point of the backend ends with."""
 
 from __future__ import annotations
 
@@ -7,26 +9,51 @@ from typing import Any
 import torch
 
 from haepo_core import HAEPOOutput
+from haepo_core.kit import Options, compute_dtype, objective, validate_packed, validate_padded
 
-from . import _validate as V
-from ._distributed import global_group_index
-from ._objective import compute_dtype, kl_estimate_sum, objective
+from ._checks import HOOKS, check_deferred, check_tensors, is_concrete, xp
+from ._collectives import global_group_index
+from ._policy import TorchPrimitives, kl_estimate_sum
 from ._segments import dense_group_index
 
-__all__ = ["haepo_loss", "haepo_loss_packed", "group_index"]
+__all__ = ["finish", "haepo_loss", "haepo_loss_packed"]
 
 
-def group_index(
-    group_ids: torch.Tensor | None, m: int, device: torch.device, process_group: Any
-) -> tuple[torch.Tensor, int]:
+def finish(
+    L: torch.Tensor,
+    n_k: torch.Tensor,
+    returns: torch.Tensor,
+    group_ids: torch.Tensor | None,
+    ent_sum: torch.Tensor | None,
+    kl_sum: torch.Tensor | None,
+    opts: Options,
+    out_dtype: torch.dtype,
+    process_group: Any,
+) -> HAEPOOutput:
+    """The core objective on this rank's per-trajectory sums (``L``, ``n_k`` ``[M]``)."""
+    m = L.shape[0]
     if process_group is not None:
-        return global_group_index(group_ids, m, device, process_group)
-    return dense_group_index(group_ids, m, device)
+        index, num = global_group_index(group_ids, m, L.device, process_group)
+    else:
+        index, num = dense_group_index(group_ids, m, L.device)
+    return objective(
+        TorchPrimitives(process_group),
+        L=L,
+        n_k=n_k,
+        returns=returns,
+        index=index,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=n_k.sum(),
+        opts=opts,
+        out_dtype=out_dtype,
+    )
 
 
-def _sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
-    # Replace padding *before* any arithmetic: NaN/inf there must reach neither the value nor
-    # the gradient (where() after an exp would still send 0 * inf = NaN back through exp).
+def sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """Padding replaced by 0 *before* any arithmetic: NaN/inf there must reach neither the
+    value nor the gradient (where() after an exp would still send 0 * inf = NaN back)."""
     x = x.to(cdt)
     return torch.where(valid, x, torch.zeros((), dtype=cdt, device=x.device))
 
@@ -43,7 +70,7 @@ def _step_counts(seg: torch.Tensor, m: int, cdt: torch.dtype) -> torch.Tensor:
     try:
         return torch.zeros(m, dtype=cdt, device=seg.device).index_add(0, seg, ones)
     except (RuntimeError, IndexError):
-        if not V.is_concrete(seg) or seg.shape[0] == 0:
+        if not is_concrete(seg) or seg.shape[0] == 0:
             raise
         lo, hi = int(seg.min()), int(seg.max())
         if lo >= 0 and hi < m:
@@ -113,11 +140,11 @@ def haepo_loss(
       >>> logp = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.2]]))
       >>> mask = torch.tensor([[True, True], [True, False], [True, True]])
       >>> out = haepo_loss(logp.requires_grad_(), torch.tensor([1.0, 0.0, 2.0]), mask)
-      >>> round(float(out.loss), 6)
+      >>> round(out.loss.item(), 6)
       0.88511
       >>> out.loss.backward()
     """
-    dev = V.check_tensors(
+    check_tensors(
         logp=logp,
         returns=returns,
         mask=mask,
@@ -125,60 +152,23 @@ def haepo_loss(
         entropy=entropy,
         ref_logp=ref_logp,
     )
-    V.check_rank("logp", logp, 2, "[M, T]")
-    V.check_float(V.xp, "logp", logp)
-    m, t = logp.shape
-    V.check_returns(V.xp, "returns", returns, m)
-    if group_ids is not None:
-        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
-    valid = V.valid_mask(mask, (m, t), dev)
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            V.check_float(V.xp, name, arr)
-            V.check_shape(name, arr, (m, t), "[M, T] (same as logp)")
-    opts = V.options(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-        has_entropy=entropy is not None,
-        has_kl=ref_logp is not None,
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
     )
-    n_k_int = valid.sum(dim=1)
-    V.check_nonempty(n_k_int, "mask")
-    V.check_finite(V.xp, "returns", returns, None)
-
-    cdt = compute_dtype(logp.dtype)
-    x = _sanitize(logp, valid, cdt)
-    n_k = n_k_int.to(cdt)
+    valid, opts, deferred = validate_padded(
+        xp, logp, returns, mask, group_ids, entropy, ref_logp, kw, HOOKS
+    )
+    cdt = compute_dtype(xp, logp.dtype)
+    x = sanitize(logp, valid, cdt)
     kl_sum = None
     if ref_logp is not None:
-        ref = _sanitize(ref_logp.detach(), valid, cdt)
+        ref = sanitize(ref_logp.detach(), valid, cdt)
         kl_sum = kl_estimate_sum(x, ref, opts.kl_estimator)  # 0 at padding: there x = ref = 0
     L = x.sum(dim=1)
-    ent_sum = None if entropy is None else _sanitize(entropy, valid, cdt).sum()
-    V.check_finite_deferred(
-        [L, ent_sum, kl_sum],  # NaN/inf in ref_logp always makes the KL sum non-finite
-        [("logp", logp, valid), ("entropy", entropy, valid), ("ref_logp", ref_logp, valid)],
-    )
-    index, num = group_index(group_ids, m, dev, process_group)
-    out = objective(
-        L=L,
-        n_k=n_k,
-        returns=returns,
-        index=index,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=n_k.sum(),
-        opts=opts,
-        out_dtype=logp.dtype,
-        group=process_group,
-    )
-    return out
+    ent_sum = None if entropy is None else sanitize(entropy, valid, cdt).sum()
+    check_deferred([L, ent_sum, kl_sum], deferred)  # NaN/inf in ref_logp reaches the KL sum
+    n_k = valid.sum(dim=1).to(cdt)
+    return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype, process_group)
 
 
 def haepo_loss_packed(
@@ -224,7 +214,7 @@ def haepo_loss_packed(
       >>> round(float(out.loss), 6)
       0.88511
     """
-    dev = V.check_tensors(
+    dev = check_tensors(
         logp=logp,
         segment_ids=segment_ids,
         returns=returns,
@@ -232,57 +222,21 @@ def haepo_loss_packed(
         entropy=entropy,
         ref_logp=ref_logp,
     )
-    V.check_rank("logp", logp, 1, "[N]")
-    V.check_float(V.xp, "logp", logp)
-    n = logp.shape[0]
-    V.check_ids(V.xp, "segment_ids", segment_ids, n, "[N], same as logp")
-    V.check_rank("returns", returns, 1, "[M]")
-    m = returns.shape[0]
-    V.check_returns(V.xp, "returns", returns, m)
-    if group_ids is not None:
-        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
-    for name, arr in (("entropy", entropy), ("ref_logp", ref_logp)):
-        if arr is not None:
-            V.check_float(V.xp, name, arr)
-            V.check_shape(name, arr, (n,), "[N] (same as logp)")
-    opts = V.options(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-        has_entropy=entropy is not None,
-        has_kl=ref_logp is not None,
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
     )
-    cdt = compute_dtype(logp.dtype)
-    seg = segment_ids.to(torch.int64)
-    n_k = _step_counts(seg, m, cdt)
-    V.check_nonempty(n_k, "segment_ids")
-    V.check_finite(V.xp, "returns", returns, None)
-
+    cdt = compute_dtype(xp, logp.dtype) if logp.dtype.is_floating_point else torch.float32
+    seg = segment_ids.to(torch.int64) if segment_ids.ndim == 1 else segment_ids
+    (_, opts, deferred), n_k = validate_packed(
+        xp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw, HOOKS,
+        counts=lambda: _step_counts(seg, returns.shape[0], cdt),
+    )  # fmt: skip
+    m = returns.shape[0]
     x = logp.to(cdt)
     kl_sum = None
     if ref_logp is not None:
         kl_sum = kl_estimate_sum(x, ref_logp.detach().to(cdt), opts.kl_estimator)
     L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, seg, x)
     ent_sum = None if entropy is None else entropy.to(cdt).sum()
-    V.check_finite_deferred(
-        [L, ent_sum, kl_sum],
-        [("logp", logp, None), ("entropy", entropy, None), ("ref_logp", ref_logp, None)],
-    )
-    index, num = group_index(group_ids, m, dev, process_group)
-    return objective(
-        L=L,
-        n_k=n_k,
-        returns=returns,
-        index=index,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=n_k.sum(),
-        opts=opts,
-        out_dtype=logp.dtype,
-        group=process_group,
-    )
+    check_deferred([L, ent_sum, kl_sum], deferred)
+    return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype, process_group)

@@ -3,15 +3,21 @@
     python examples/cleanrl/haepo_cartpole.py            # defaults: ~1-2 min on 2 CPU cores
     python examples/cleanrl/haepo_cartpole.py --help
 
-Each update collects ``num_steps`` steps from ``num_envs`` CartPole envs (gymnasium 1.x, default
-NEXT_STEP autoreset), cuts them into whole episodes with
-:class:`haepo_adapters.cleanrl.TrajectoryBuilder` (unfinished episodes are carried into the next
-rollout), and takes ``update_epochs`` full-batch Adam steps on the HAEPO loss: a Plackett-Luce
-softmax over the episodes' summed log-probs weighting their z-scored returns, plus an entropy
-bonus and the exact KL to the previous policy (refreshed after every update). A rollout with
-fewer than ``min_episodes`` completed episodes is skipped (a single episode gets no policy
-gradient: its normalized return is 0); late in training, when every episode lasts 500 steps,
-that happens to about one rollout in three.
+Each update steps ``num_envs`` envs (gymnasium 1.x, default NEXT_STEP autoreset) ``num_steps``
+at a time until at least ``min_episodes`` episodes have finished, cuts the steps into whole
+episodes with :class:`haepo_adapters.cleanrl.TrajectoryBuilder` (unfinished episodes are
+carried into the next batch), and takes up to ``update_epochs`` full-batch Adam steps on the
+HAEPO loss: a Plackett-Luce softmax over the episodes' summed log-probs weighting their
+z-scored returns, plus an entropy bonus and the exact KL to the previous policy (refreshed
+after every update).
+
+Stabilizers around the objective (they go beyond the paper; docs/cleanrl.md): batches counted
+in episodes (``min_episodes``), early stop of the epochs once the KL to the previous policy
+exceeds ``target_kl``, gradient-norm clipping (``max_grad_norm``), linear learning-rate
+annealing (``anneal_lr``), and an entropy bonus raised while the entropy is below
+``entropy_floor * log(num_actions)``. The script warns once (``CollapseWarning``) when the
+entropy falls near 0 or when three updates in a row see all-equal returns. The same defaults
+serve every discrete task: ``--env-id Acrobot-v1``, ``--env-id LunarLander-v3``.
 
 Why these defaults: CartPole episodes last up to 500 steps, so the summed log-likelihoods
 ``L_k`` of a batch spread over hundreds of nats and a plain softmax puts all the weight on one
@@ -19,9 +25,9 @@ Why these defaults: CartPole episodes last up to 500 steps, so the summed log-li
 ``length_normalize`` (softmax over per-step mean log-probs) keeps the ESS close to the number
 of episodes; see docs/cleanrl.md and the ablation in docs/benchmarks.md.
 
-Writes ``runs/<run_name>/metrics.csv`` (one row per finished episode and per update),
-``runs/<run_name>/curve.png``, optionally TensorBoard events (``--tensorboard``), and prints the
-final 20-episode moving-average return.
+Writes ``runs/<run_name>/metrics.csv`` (one row per finished episode), ``updates.csv`` (one
+row per update), ``curve.png`` (return curve, with entropy and ESS under it), optionally
+TensorBoard events (``--tensorboard``), and prints the final 20-episode moving-average return.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from haepo_adapters.cleanrl import (
+    AdaptiveCoefficient,
+    CollapseMonitor,
     ReferencePolicy,
     TrajectoryBuilder,
     categorical_terms,
@@ -57,12 +65,16 @@ class Args:
     num_envs: int = 8
     num_steps: int = 128
     learning_rate: float = 1e-2
+    anneal_lr: bool = True
     update_epochs: int = 4
+    target_kl: float = 0.02
+    max_grad_norm: float = 0.5
     entropy_coef: float = 0.01
+    entropy_floor: float = 0.1
     kl_coef: float = 0.1
     temperature: float = 1.0
     length_normalize: bool = True
-    min_episodes: int = 2
+    min_episodes: int = 8
     hidden: int = 64
     torch_threads: int = 1
     out_dir: str = "runs"
@@ -81,6 +93,46 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             parser.add_argument(name, type=type(f.default), default=f.default)
     return Args(**vars(parser.parse_args(argv)))
+
+
+def check_args(args: Args) -> None:
+    """Refuse bad options before any env is made; each error names the option."""
+    positive_ints = ("total_timesteps", "num_envs", "num_steps", "update_epochs", "hidden")
+    for name in (*positive_ints, "torch_threads", "moving_average"):
+        v = getattr(args, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    if (
+        isinstance(args.min_episodes, bool)
+        or not isinstance(args.min_episodes, int)
+        or (args.min_episodes < 2)
+    ):
+        # one episode alone has z-scored return 0: no policy gradient
+        raise ValueError(f"--min-episodes: expected an int >= 2, got {args.min_episodes!r}")
+    for name, lo, strict in (
+        ("learning_rate", 0.0, True),
+        ("target_kl", 0.0, False),
+        ("max_grad_norm", 0.0, False),
+        ("entropy_coef", 0.0, False),
+        ("kl_coef", 0.0, False),
+        ("temperature", 0.0, True),
+    ):
+        v = getattr(args, name)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not np.isfinite(v)
+            or (v <= lo if strict else v < lo)
+        ):
+            op = ">" if strict else ">="
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
+            )
+    if not (0.0 <= args.entropy_floor < 1.0):
+        raise ValueError(
+            f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
+            f"got {args.entropy_floor!r}"
+        )
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -123,20 +175,48 @@ def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     return (c[n] - c[lo]) / (n - lo)
 
 
-def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title: str) -> None:
+def plot_curve(
+    path: Path,
+    steps: np.ndarray,
+    returns: np.ndarray,
+    k: int,
+    title: str,
+    updates: list[dict[str, float]] | None = None,
+) -> None:
+    """Return curve, and under it the per-update entropy and ESS (the collapse diagnostics)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ups = [u for u in (updates or []) if "ess" in u]
+    rows = 3 if ups else 1
+    fig, axes = plt.subplots(
+        rows,
+        1,
+        figsize=(6, 3.5 + 2 * (rows - 1)),
+        dpi=100,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)},
+    )
+    ax = axes[0, 0]
     ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
     ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
-    ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
+    if ups:
+        x = [u["global_step"] for u in ups]
+        axes[1, 0].plot(x, [u["entropy"] for u in ups], lw=1.2, color="C2")
+        axes[1, 0].set_ylabel("entropy")
+        axes[2, 0].plot(x, [u["ess"] for u in ups], lw=1.2, color="C3", label="ESS")
+        axes[2, 0].plot(x, [u["episodes"] for u in ups], lw=0.8, color="grey", label="episodes")
+        axes[2, 0].set_ylabel("ESS")
+        axes[2, 0].legend(loc="upper left", fontsize=8)
+    for a in axes[:, 0]:
+        a.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("env steps")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -144,6 +224,7 @@ def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title
 
 def train(args: Args) -> dict[str, object]:
     """Train and return the curves: episode (step, return) pairs and per-update diagnostics."""
+    check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -160,16 +241,21 @@ def train(args: Args) -> dict[str, object]:
 
     envs = make_envs(args)
     obs_dim = envs.single_observation_space.shape[0]
-    actor = Actor(obs_dim, envs.single_action_space.n, args.hidden)
+    n_actions = int(envs.single_action_space.n)
+    actor = Actor(obs_dim, n_actions, args.hidden)
     reference = ReferencePolicy(actor, refresh_every=1)
     optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
     builder = TrajectoryBuilder(autoreset="next_step", incomplete="carry")
-
-    obs_buf = torch.zeros((args.num_steps, args.num_envs, obs_dim))
-    act_buf = torch.zeros((args.num_steps, args.num_envs), dtype=torch.int64)
-    rew_buf = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    term_buf = np.zeros((args.num_steps, args.num_envs), dtype=bool)
-    trunc_buf = np.zeros((args.num_steps, args.num_envs), dtype=bool)
+    # Stabilizers (docs/cleanrl.md): the entropy bonus rises while the entropy is below
+    # entropy_floor * log(A); the monitor warns once on entropy collapse or all-equal returns.
+    max_entropy = float(np.log(n_actions))
+    ent_coef = AdaptiveCoefficient(
+        args.entropy_coef,
+        args.entropy_floor * max_entropy,
+        mode="floor",
+        max_value=max(100 * args.entropy_coef, 1e-3),
+    )
+    monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
@@ -177,19 +263,28 @@ def train(args: Args) -> dict[str, object]:
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     global_step = 0
     start = time.time()
-    batch = args.num_envs * args.num_steps
-    num_updates = max(args.total_timesteps // batch, 1)
-    bar = tqdm(total=num_updates * batch, disable=not args.progress, unit="step", desc="HAEPO")
-    for update in range(1, num_updates + 1):
-        for step in range(args.num_steps):
+    update = 0
+    bar = tqdm(total=args.total_timesteps, disable=not args.progress, unit="step", desc="HAEPO")
+    while global_step < args.total_timesteps:
+        # A batch is counted in episodes: step the envs num_steps at a time until at least
+        # min_episodes episodes have finished (unfinished ones are carried over), so an update
+        # never rests on 2-3 long episodes.
+        obs_l, act_l, rew_l, term_l, trunc_l = [], [], [], [], []
+        finished = 0
+        while global_step < args.total_timesteps and (
+            len(obs_l) < args.num_steps or finished < args.min_episodes
+        ):
             global_step += args.num_envs
-            obs_buf[step] = next_obs
+            obs_l.append(next_obs)
             with torch.no_grad():
                 logits = actor(next_obs)
             action = torch.distributions.Categorical(logits=logits).sample()
-            act_buf[step] = action
+            act_l.append(action)
             next_obs, reward, term, trunc, info = envs.step(action.numpy())
-            rew_buf[step], term_buf[step], trunc_buf[step] = reward, term, trunc
+            rew_l.append(reward)
+            term_l.append(term)
+            trunc_l.append(trunc)
+            finished += int(np.sum(term | trunc))
             next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
@@ -197,41 +292,63 @@ def train(args: Args) -> dict[str, object]:
                     episodes.append((global_step, ret, int(info["episode"]["l"][i])))
                     if writer is not None:
                         writer.add_scalar("charts/episodic_return", ret, global_step)
-        bar.update(batch)
+            bar.update(args.num_envs)
 
         traj = builder.build(
-            rew_buf, terminated=term_buf, truncated=trunc_buf, obs=obs_buf, actions=act_buf
+            np.asarray(rew_l, dtype=np.float32),
+            terminated=np.asarray(term_l),
+            truncated=np.asarray(trunc_l),
+            obs=torch.stack(obs_l),
+            actions=torch.stack(act_l),
         )
+        if traj.num_trajectories < 2:  # only at the end of the budget
+            continue
+        update += 1
+        lr = args.learning_rate
+        if args.anneal_lr:
+            lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
+            optimizer.param_groups[0]["lr"] = lr
         row = {"update": update, "global_step": global_step, "episodes": traj.num_trajectories}
-        if traj.num_trajectories >= args.min_episodes:
-            obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
-            with torch.no_grad():
-                ref_logits = reference(obs_b)
-            for _ in range(args.update_epochs):
-                terms = categorical_terms(actor(obs_b), act_b, ref_logits)
-                res = haepo_trajectory_loss(
-                    traj,
-                    terms,
-                    entropy_coef=args.entropy_coef,
-                    kl_coef=args.kl_coef,
-                    temperature=args.temperature,
-                    length_normalize=args.length_normalize,
-                )
-                optimizer.zero_grad()
-                res.loss.backward()
-                optimizer.step()
-            reference.step()
-            row.update({k: float(v) for k, v in res.stats.items()})
-            row["loss"] = float(res.loss.detach())
+        obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
+        with torch.no_grad():
+            ref_logits = reference(obs_b)
+        epochs = 0
+        for _ in range(args.update_epochs):
+            terms = categorical_terms(actor(obs_b), act_b, ref_logits)
+            res = haepo_trajectory_loss(
+                traj,
+                terms,
+                entropy_coef=ent_coef.value,
+                kl_coef=args.kl_coef,
+                temperature=args.temperature,
+                length_normalize=args.length_normalize,
+            )
+            # Trust region (CleanRL's target_kl): stop the epochs once the policy has moved
+            # target_kl (exact mean KL to the policy that collected the batch) away.
+            if args.target_kl > 0 and epochs > 0 and float(res.stats["kl"]) > args.target_kl:
+                break
+            if epochs == 0:
+                row.update({k: float(v) for k, v in res.stats.items()})
+                row["loss"] = float(res.loss.detach())
+            optimizer.zero_grad()
+            res.loss.backward()
+            if args.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+            optimizer.step()
+            epochs += 1
+        with torch.no_grad():  # how far this update moved the policy (exact mean KL)
+            row["kl"] = float(categorical_terms(actor(obs_b), act_b, ref_logits).kl.mean())
+        reference.step()
+        row.update(epochs=epochs, entropy_coef=ent_coef.value, learning_rate=lr)
+        ent_coef.update(row["entropy"])
+        monitor.update(entropy=row["entropy"], returns=traj.returns)
         updates.append(row)
         if writer is not None:
             for k, v in row.items():
                 writer.add_scalar(f"haepo/{k}", v, global_step)
         if episodes:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
-            # a rollout with < 2 finished episodes makes no update: show "-" rather than NaN
-            ess = f"{row['ess']:.1f}" if "ess" in row else "-"
-            bar.set_postfix(ma_return=f"{ma:.1f}", ess=ess)
+            bar.set_postfix(ma_return=f"{ma:.1f}", ess=f"{row['ess']:.1f}")
     bar.close()
     envs.close()
     wall = time.time() - start
@@ -249,13 +366,15 @@ def train(args: Args) -> dict[str, object]:
         w.writerows(updates)
     final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
     if args.plot and len(ep):
-        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, "HAEPO CartPole-v1")
+        title = f"HAEPO {args.env_id}"
+        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title, updates)
     if writer is not None:
         writer.close()
     return {
         "run_dir": str(out),
         "episodes": ep,
         "updates": updates,
+        "collapse_events": monitor.events,
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,

@@ -17,8 +17,15 @@ limit (500 steps): the jitted update (``make_haepo_loss_fn(layout="padded")`` + 
 once. Episodes left in the queue after an update are used by the next one (collected by the
 previous policy: HAEPO has no importance ratio, so this is a small, bounded staleness).
 
-Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
-20-episode moving-average return.
+The stabilizers and their defaults are those of the torch script (docs/cleanrl.md): batches
+of ``episodes_per_update`` episodes, epochs stopped inside the jitted update once the KL to the
+previous policy exceeds ``target_kl`` (the remaining ones leave the parameters unchanged),
+``max_grad_norm`` (``optax.clip_by_global_norm``), linear ``anneal_lr``, and the entropy bonus
+raised while the entropy is below ``entropy_floor * log(num_actions)`` (passed to the jitted
+update as a traced scalar: no recompile); the same collapse warnings and ``curve.png`` panels.
+
+Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png`` (return, entropy,
+ESS); prints the final 20-episode moving-average return.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from haepo_adapters.cleanrl import (
+    AdaptiveCoefficient,
+    CollapseMonitor,
     ReferenceParams,
     TrajectoryBuilder,
     make_haepo_loss_fn,
@@ -57,8 +66,12 @@ class Args:
     num_steps: int = 32
     episodes_per_update: int = 8
     learning_rate: float = 1e-2
+    anneal_lr: bool = True
     update_epochs: int = 4
+    target_kl: float = 0.02
+    max_grad_norm: float = 0.5
     entropy_coef: float = 0.01
+    entropy_floor: float = 0.1
     kl_coef: float = 0.1
     temperature: float = 1.0
     length_normalize: bool = True
@@ -78,6 +91,43 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             parser.add_argument(name, type=type(f.default), default=f.default)
     return Args(**vars(parser.parse_args(argv)))
+
+
+def check_args(args: Args) -> None:
+    """Refuse bad options before any env is made; each error names the option."""
+    positive_ints = ("total_timesteps", "num_envs", "num_steps", "update_epochs", "hidden")
+    for name in (*positive_ints, "moving_average"):
+        v = getattr(args, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    e = args.episodes_per_update
+    if isinstance(e, bool) or not isinstance(e, int) or e < 2:
+        # one episode alone has z-scored return 0: no policy gradient
+        raise ValueError(f"--episodes-per-update: expected an int >= 2, got {e!r}")
+    for name, lo, strict in (
+        ("learning_rate", 0.0, True),
+        ("target_kl", 0.0, False),
+        ("max_grad_norm", 0.0, False),
+        ("entropy_coef", 0.0, False),
+        ("kl_coef", 0.0, False),
+        ("temperature", 0.0, True),
+    ):
+        v = getattr(args, name)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not np.isfinite(v)
+            or (v <= lo if strict else v < lo)
+        ):
+            op = ">" if strict else ">="
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
+            )
+    if not (0.0 <= args.entropy_floor < 1.0):
+        raise ValueError(
+            f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
+            f"got {args.entropy_floor!r}"
+        )
 
 
 class Actor(nn.Module):
@@ -101,32 +151,63 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
+    """Trailing mean over the last ``k`` entries (fewer at the start)."""
     c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
     n = np.arange(1, len(x) + 1)
     lo = np.maximum(n - k, 0)
     return (c[n] - c[lo]) / (n - lo)
 
 
-def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title: str) -> None:
+def plot_curve(
+    path: Path,
+    steps: np.ndarray,
+    returns: np.ndarray,
+    k: int,
+    title: str,
+    updates: list[dict[str, float]] | None = None,
+) -> None:
+    """Return curve, and under it the per-update entropy and ESS (the collapse diagnostics)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ups = [u for u in (updates or []) if "ess" in u]
+    rows = 3 if ups else 1
+    fig, axes = plt.subplots(
+        rows,
+        1,
+        figsize=(6, 3.5 + 2 * (rows - 1)),
+        dpi=100,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)},
+    )
+    ax = axes[0, 0]
     ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
     ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
-    ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
+    if ups:
+        x = [u["global_step"] for u in ups]
+        axes[1, 0].plot(x, [u["entropy"] for u in ups], lw=1.2, color="C2")
+        axes[1, 0].set_ylabel("entropy")
+        axes[2, 0].plot(x, [u["ess"] for u in ups], lw=1.2, color="C3", label="ESS")
+        axes[2, 0].plot(x, [u["episodes"] for u in ups], lw=0.8, color="grey", label="episodes")
+        axes[2, 0].set_ylabel("ESS")
+        axes[2, 0].legend(loc="upper left", fontsize=8)
+    for a in axes[:, 0]:
+        a.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("env steps")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def train(args: Args) -> dict[str, object]:
+    """Train and return the curves: episode (step, return) pairs and per-update diagnostics."""
+    check_args(args)
     np.random.seed(args.seed)
     key = jax.random.PRNGKey(args.seed)
     run_name = f"{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -135,13 +216,26 @@ def train(args: Args) -> dict[str, object]:
 
     envs = make_envs(args)
     obs_dim = envs.single_observation_space.shape[0]
-    actor = Actor(envs.single_action_space.n, args.hidden)
+    n_actions = int(envs.single_action_space.n)
+    actor = Actor(n_actions, args.hidden)
     key, init_key = jax.random.split(key)
     params = actor.init(init_key, jnp.zeros((1, obs_dim)))
-    optimizer = optax.adam(args.learning_rate)
+    clip = optax.clip_by_global_norm(args.max_grad_norm) if args.max_grad_norm > 0 else None
+    optimizer = optax.chain(*([clip] if clip else []), optax.adam(args.learning_rate))
     opt_state = optimizer.init(params)
     reference = ReferenceParams(params, refresh_every=1)
     builder = TrajectoryBuilder(autoreset="next_step", incomplete="carry")
+    # Stabilizers (docs/cleanrl.md), as in the torch script: the entropy bonus rises while the
+    # entropy is below entropy_floor * log(A); the monitor warns once on entropy collapse or
+    # all-equal returns.
+    max_entropy = float(np.log(n_actions))
+    ent_coef = AdaptiveCoefficient(
+        args.entropy_coef,
+        args.entropy_floor * max_entropy,
+        mode="floor",
+        max_value=max(100 * args.entropy_coef, 1e-3),
+    )
+    monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
 
     @jax.jit
     def act(params: object, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -152,26 +246,44 @@ def train(args: Args) -> dict[str, object]:
         actor.apply,
         kind="categorical",
         layout="padded",
-        entropy_coef=args.entropy_coef,
         kl_coef=args.kl_coef,
         temperature=args.temperature,
         length_normalize=args.length_normalize,
     )
 
-    @jax.jit
-    def update_step(params: object, opt_state: object, ref_params: object, batch: dict) -> tuple:
-        def epoch(carry: tuple, _: None) -> tuple:
-            params, opt_state = carry
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, ref_params, batch
-            )
-            upd, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, upd), opt_state), (loss, stats)
+    target_kl = args.target_kl if args.target_kl > 0 else float("inf")
 
-        (params, opt_state), (loss, stats) = jax.lax.scan(
-            epoch, (params, opt_state), None, length=args.update_epochs
+    @jax.jit
+    def update_step(
+        params: object, opt_state: object, ref_params: object, batch: dict, coefs: dict
+    ) -> tuple:
+        def epoch(carry: tuple, i: jax.Array) -> tuple:
+            params, opt_state, stopped = carry
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, ref_params, batch, entropy_coef=coefs["entropy_coef"]
+            )
+            # Trust region (CleanRL's target_kl): once the policy is target_kl (exact mean KL
+            # to the policy that collected the batch) away, the remaining epochs do nothing.
+            stopped = stopped | ((i > 0) & (stats["kl"] > target_kl))
+            upd, new_state = optimizer.update(grads, opt_state, params)
+            upd = jax.tree.map(lambda u: u * coefs["lr_scale"], upd)  # Adam is linear in lr
+            new_params = optax.apply_updates(params, upd)
+
+            def keep(old: object, new: object) -> object:
+                return jax.tree.map(lambda a, b: jnp.where(stopped, a, b), old, new)
+
+            carry = (keep(params, new_params), keep(opt_state, new_state), stopped)
+            return carry, (loss, stats, ~stopped)
+
+        init = (params, opt_state, jnp.asarray(False))
+        (params, opt_state, _), (loss, stats, ran) = jax.lax.scan(
+            epoch, init, jnp.arange(args.update_epochs)
         )
-        return params, opt_state, loss[-1], jax.tree.map(lambda x: x[-1], stats)
+        _, after = loss_fn(params, ref_params, batch, entropy_coef=coefs["entropy_coef"])
+        stats = jax.tree.map(lambda x: x[0], stats)  # at the start of the update
+        stats["kl"] = after["kl"]  # how far this update moved the policy
+        stats["epochs"] = jnp.sum(ran)
+        return params, opt_state, loss[0], stats
 
     max_len = envs.spec.max_episode_steps if envs.spec is not None else 500
     queue: list[tuple[np.ndarray, np.ndarray, float]] = []  # (obs [T, d], actions [T], R)
@@ -235,13 +347,24 @@ def train(args: Args) -> dict[str, object]:
             continue
         eps, queue = queue[: args.episodes_per_update], queue[args.episodes_per_update :]
         update += 1
+        lr_scale = 1.0
+        if args.anneal_lr:
+            lr_scale = max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
+        coefs = {"entropy_coef": jnp.float32(ent_coef.value), "lr_scale": jnp.float32(lr_scale)}
+        batch_e = make_batch(eps)
         params, opt_state, loss, stats = update_step(
-            params, opt_state, reference.params, make_batch(eps)
+            params, opt_state, reference.params, batch_e, coefs
         )
         reference.step(params)
         row: dict[str, float] = {"update": update, "global_step": global_step, "episodes": len(eps)}
         row.update({k: float(v) for k, v in stats.items()})
-        row["loss"] = float(loss)
+        row.update(
+            loss=float(loss),
+            entropy_coef=ent_coef.value,
+            learning_rate=args.learning_rate * lr_scale,
+        )
+        ent_coef.update(row["entropy"])
+        monitor.update(entropy=row["entropy"], returns=batch_e["returns"])
         updates.append(row)
         if episodes:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
@@ -265,12 +388,13 @@ def train(args: Args) -> dict[str, object]:
         w.writerows(updates)
     final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
     if args.plot and len(ep):
-        title = "HAEPO CartPole-v1 (JAX)"
-        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title)
+        title = f"HAEPO {args.env_id} (JAX)"
+        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title, updates)
     return {
         "run_dir": str(out),
         "episodes": ep,
         "updates": updates,
+        "collapse_events": monitor.events,
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,

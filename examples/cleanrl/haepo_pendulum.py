@@ -13,6 +13,11 @@ episodes are always 200 steps, ended by truncation; unfinished ones are carried 
 gymnasium's ``NormalizeObservation`` (as CleanRL's PPO does); actions are clipped by the env
 wrapper, log-densities use the unclipped sample.
 
+The stabilizers of ``haepo_cartpole.py`` (batches of at least ``min_episodes`` episodes,
+``target_kl`` early stop, ``max_grad_norm``, ``anneal_lr``, an entropy bonus raised while the
+Gaussian entropy is below ``entropy_floor`` nats per action dimension) with the continuous
+defaults; the same defaults serve every continuous task (``--env-id InvertedPendulum-v5``).
+
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
 20-episode moving-average return.
 """
@@ -32,6 +37,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from haepo_adapters.cleanrl import (
+    AdaptiveCoefficient,
+    CollapseMonitor,
     ReferencePolicy,
     TrajectoryBuilder,
     gaussian_terms,
@@ -50,12 +57,16 @@ class Args:
     num_envs: int = 16
     num_steps: int = 256
     learning_rate: float = 3e-3
+    anneal_lr: bool = True
     update_epochs: int = 4
-    entropy_coef: float = 0.0
+    target_kl: float = 0.02
+    max_grad_norm: float = 0.5
+    entropy_coef: float = 0.001
+    entropy_floor: float = -0.9
     kl_coef: float = 0.1
     temperature: float = 1.0
     length_normalize: bool = True
-    min_episodes: int = 2
+    min_episodes: int = 8
     hidden: int = 64
     torch_threads: int = 1
     out_dir: str = "runs"
@@ -74,6 +85,50 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             parser.add_argument(name, type=type(f.default), default=f.default)
     return Args(**vars(parser.parse_args(argv)))
+
+
+def check_args(args: Args) -> None:
+    """Refuse bad options before any env is made; each error names the option."""
+    positive_ints = ("total_timesteps", "num_envs", "num_steps", "update_epochs", "hidden")
+    for name in (*positive_ints, "torch_threads", "moving_average"):
+        v = getattr(args, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    if (
+        isinstance(args.min_episodes, bool)
+        or not isinstance(args.min_episodes, int)
+        or (args.min_episodes < 2)
+    ):
+        # one episode alone has z-scored return 0: no policy gradient
+        raise ValueError(f"--min-episodes: expected an int >= 2, got {args.min_episodes!r}")
+    for name, lo, strict in (
+        ("learning_rate", 0.0, True),
+        ("target_kl", 0.0, False),
+        ("max_grad_norm", 0.0, False),
+        ("entropy_coef", 0.0, False),
+        ("kl_coef", 0.0, False),
+        ("temperature", 0.0, True),
+    ):
+        v = getattr(args, name)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not np.isfinite(v)
+            or (v <= lo if strict else v < lo)
+        ):
+            op = ">" if strict else ">="
+            raise ValueError(
+                f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
+            )
+    if (
+        isinstance(args.entropy_floor, bool)
+        or not isinstance(args.entropy_floor, (int, float))
+        or (not np.isfinite(args.entropy_floor))
+    ):
+        raise ValueError(
+            f"--entropy-floor: expected a finite number (nats per action dimension), "
+            f"got {args.entropy_floor!r}"
+        )
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -119,20 +174,48 @@ def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     return (c[n] - c[lo]) / (n - lo)
 
 
-def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title: str) -> None:
+def plot_curve(
+    path: Path,
+    steps: np.ndarray,
+    returns: np.ndarray,
+    k: int,
+    title: str,
+    updates: list[dict[str, float]] | None = None,
+) -> None:
+    """Return curve, and under it the per-update entropy and ESS (the collapse diagnostics)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ups = [u for u in (updates or []) if "ess" in u]
+    rows = 3 if ups else 1
+    fig, axes = plt.subplots(
+        rows,
+        1,
+        figsize=(6, 3.5 + 2 * (rows - 1)),
+        dpi=100,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)},
+    )
+    ax = axes[0, 0]
     ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
     ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
-    ax.set_xlabel("env steps")
     ax.set_ylabel("return")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
+    if ups:
+        x = [u["global_step"] for u in ups]
+        axes[1, 0].plot(x, [u["entropy"] for u in ups], lw=1.2, color="C2")
+        axes[1, 0].set_ylabel("entropy")
+        axes[2, 0].plot(x, [u["ess"] for u in ups], lw=1.2, color="C3", label="ESS")
+        axes[2, 0].plot(x, [u["episodes"] for u in ups], lw=0.8, color="grey", label="episodes")
+        axes[2, 0].set_ylabel("ESS")
+        axes[2, 0].legend(loc="upper left", fontsize=8)
+    for a in axes[:, 0]:
+        a.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("env steps")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -140,6 +223,7 @@ def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title
 
 def train(args: Args) -> dict[str, object]:
     """Train and return the curves: episode (step, return) pairs and per-update diagnostics."""
+    check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -161,12 +245,17 @@ def train(args: Args) -> dict[str, object]:
     reference = ReferencePolicy(actor, refresh_every=1)
     optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
     builder = TrajectoryBuilder(autoreset="next_step", incomplete="carry")
-
-    obs_buf = torch.zeros((args.num_steps, args.num_envs, obs_dim))
-    act_buf = torch.zeros((args.num_steps, args.num_envs, act_dim))
-    rew_buf = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    term_buf = np.zeros((args.num_steps, args.num_envs), dtype=bool)
-    trunc_buf = np.zeros((args.num_steps, args.num_envs), dtype=bool)
+    # Stabilizers (docs/cleanrl.md): the entropy bonus rises while the Gaussian entropy is
+    # below entropy_floor nats per action dimension; the monitor warns once when the policy's
+    # std falls under 0.01 in every dimension, or on all-equal returns.
+    ent_coef = AdaptiveCoefficient(
+        args.entropy_coef,
+        args.entropy_floor * act_dim,
+        mode="floor",
+        max_value=max(100 * args.entropy_coef, 1e-3),
+    )
+    std_001 = 0.5 * (1.0 + np.log(2 * np.pi)) + np.log(0.01)
+    monitor = CollapseMonitor(entropy_threshold=float(std_001 * act_dim), patience=3)
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
@@ -174,19 +263,28 @@ def train(args: Args) -> dict[str, object]:
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     global_step = 0
     start = time.time()
-    batch = args.num_envs * args.num_steps
-    num_updates = max(args.total_timesteps // batch, 1)
-    bar = tqdm(total=num_updates * batch, disable=not args.progress, unit="step", desc="HAEPO")
-    for update in range(1, num_updates + 1):
-        for step in range(args.num_steps):
+    update = 0
+    bar = tqdm(total=args.total_timesteps, disable=not args.progress, unit="step", desc="HAEPO")
+    while global_step < args.total_timesteps:
+        # A batch is counted in episodes: step the envs num_steps at a time until at least
+        # min_episodes episodes have finished (unfinished ones are carried over), so an update
+        # never rests on 2-3 long episodes.
+        obs_l, act_l, rew_l, term_l, trunc_l = [], [], [], [], []
+        finished = 0
+        while global_step < args.total_timesteps and (
+            len(obs_l) < args.num_steps or finished < args.min_episodes
+        ):
             global_step += args.num_envs
-            obs_buf[step] = next_obs
+            obs_l.append(next_obs)
             with torch.no_grad():
                 mean, log_std = actor(next_obs)
                 action = mean + log_std.exp() * torch.randn_like(mean)
-            act_buf[step] = action
+            act_l.append(action)
             next_obs, reward, term, trunc, info = envs.step(action.numpy())
-            rew_buf[step], term_buf[step], trunc_buf[step] = reward, term, trunc
+            rew_l.append(reward)
+            term_l.append(term)
+            trunc_l.append(trunc)
+            finished += int(np.sum(term | trunc))
             next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
@@ -194,41 +292,65 @@ def train(args: Args) -> dict[str, object]:
                     episodes.append((global_step, ret, int(info["episode"]["l"][i])))
                     if writer is not None:
                         writer.add_scalar("charts/episodic_return", ret, global_step)
-        bar.update(batch)
+            bar.update(args.num_envs)
 
         traj = builder.build(
-            rew_buf, terminated=term_buf, truncated=trunc_buf, obs=obs_buf, actions=act_buf
+            np.asarray(rew_l, dtype=np.float32),
+            terminated=np.asarray(term_l),
+            truncated=np.asarray(trunc_l),
+            obs=torch.stack(obs_l),
+            actions=torch.stack(act_l),
         )
+        if traj.num_trajectories < 2:  # only at the end of the budget
+            continue
+        update += 1
+        lr = args.learning_rate
+        if args.anneal_lr:
+            lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
+            optimizer.param_groups[0]["lr"] = lr
         row = {"update": update, "global_step": global_step, "episodes": traj.num_trajectories}
-        if traj.num_trajectories >= args.min_episodes:
-            obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
-            ref_mean, ref_log_std = reference(obs_b)
-            for _ in range(args.update_epochs):
-                mean, log_std = actor(obs_b)
-                terms = gaussian_terms(mean, log_std, act_b, ref_mean, ref_log_std)
-                res = haepo_trajectory_loss(
-                    traj,
-                    terms,
-                    entropy_coef=args.entropy_coef,
-                    kl_coef=args.kl_coef,
-                    temperature=args.temperature,
-                    length_normalize=args.length_normalize,
-                )
-                optimizer.zero_grad()
-                res.loss.backward()
-                optimizer.step()
-            reference.step()
-            row.update({k: float(v) for k, v in res.stats.items()})
-            row["loss"] = float(res.loss.detach())
+        obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
+        ref_mean, ref_log_std = reference(obs_b)
+        epochs = 0
+        for _ in range(args.update_epochs):
+            mean, log_std = actor(obs_b)
+            terms = gaussian_terms(mean, log_std, act_b, ref_mean, ref_log_std)
+            res = haepo_trajectory_loss(
+                traj,
+                terms,
+                entropy_coef=ent_coef.value,
+                kl_coef=args.kl_coef,
+                temperature=args.temperature,
+                length_normalize=args.length_normalize,
+            )
+            # Trust region (CleanRL's target_kl): stop the epochs once the policy has moved
+            # target_kl (exact mean KL to the policy that collected the batch) away.
+            if args.target_kl > 0 and epochs > 0 and float(res.stats["kl"]) > args.target_kl:
+                break
+            if epochs == 0:
+                row.update({k: float(v) for k, v in res.stats.items()})
+                row["loss"] = float(res.loss.detach())
+            optimizer.zero_grad()
+            res.loss.backward()
+            if args.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+            optimizer.step()
+            epochs += 1
+        with torch.no_grad():  # how far this update moved the policy (exact mean KL)
+            mean, log_std = actor(obs_b)
+            kl = gaussian_terms(mean, log_std, act_b, ref_mean, ref_log_std).kl
+            row["kl"] = float(kl.mean())
+        reference.step()
+        row.update(epochs=epochs, entropy_coef=ent_coef.value, learning_rate=lr)
+        ent_coef.update(row["entropy"])
+        monitor.update(entropy=row["entropy"], returns=traj.returns)
         updates.append(row)
         if writer is not None:
             for k, v in row.items():
                 writer.add_scalar(f"haepo/{k}", v, global_step)
         if episodes:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
-            # a rollout with < 2 finished episodes makes no update: show "-" rather than NaN
-            ess = f"{row['ess']:.1f}" if "ess" in row else "-"
-            bar.set_postfix(ma_return=f"{ma:.1f}", ess=ess)
+            bar.set_postfix(ma_return=f"{ma:.1f}", ess=f"{row['ess']:.1f}")
     bar.close()
     envs.close()
     wall = time.time() - start
@@ -246,13 +368,15 @@ def train(args: Args) -> dict[str, object]:
         w.writerows(updates)
     final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
     if args.plot and len(ep):
-        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, "HAEPO Pendulum-v1")
+        title = f"HAEPO {args.env_id}"
+        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title, updates)
     if writer is not None:
         writer.close()
     return {
         "run_dir": str(out),
         "episodes": ep,
         "updates": updates,
+        "collapse_events": monitor.events,
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,

@@ -14,12 +14,17 @@ from typing import Any
 import torch
 
 from haepo_core import HAEPOOutput
+from haepo_core.kit import CheckHooks, Options, compute_dtype, validate_hidden, validate_logits
 
-from . import _validate as V
+from ._checks import check_tensors, is_concrete, xp
 from ._fused_linear import attach_gradients, fused_linear_values, grad_walk, policy_logp
-from ._loss import group_index
-from ._objective import Options, compute_dtype, kl_estimate_sum, objective
-from ._vocab import default_chunk_size, logits_stats
+from ._loss import finish
+from ._policy import kl_estimate_sum
+from ._vocab import default_chunk_size, kernel_blocks, logits_stats, select_kernel
+
+# The lean paths check their few per-step inputs (ref_logp) at once: there is no cheap sum to
+# defer them to.
+_HOOKS = CheckHooks(readable=is_concrete)
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
 
@@ -53,29 +58,6 @@ def _valid_rows(
     return rows, walk, (acts if walk is None else acts.index_select(0, rows))
 
 
-def _common_checks(
-    returns: torch.Tensor,
-    group_ids: torch.Tensor | None,
-    ref_logp: torch.Tensor | None,
-    m: int,
-    t: int,
-    mask: torch.Tensor | None,
-    dev: torch.device,
-    kw: dict[str, Any],
-    has_exact_kl: bool,
-) -> tuple[torch.Tensor, Options]:
-    V.check_returns(V.xp, "returns", returns, m)
-    if group_ids is not None:
-        V.check_ids(V.xp, "group_ids", group_ids, m, "[M]")
-    if ref_logp is not None:
-        V.check_float(V.xp, "ref_logp", ref_logp)
-        V.check_shape("ref_logp", ref_logp, (m, t), "[M, T]")
-    valid = V.valid_mask(mask, (m, t), dev)
-    opts = V.options(**kw, has_entropy=True, has_kl=has_exact_kl or ref_logp is not None)
-    V.check_nonempty(valid.sum(dim=1), "mask")
-    return valid, opts
-
-
 def _sums(
     ent_r: torch.Tensor, kl_r: torch.Tensor, exact_kl: bool, opts: Options
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,26 +88,13 @@ def _finish(
     sum and the exact-KL sum (``None``: the ``ref_logp`` estimator, or no KL)."""
     m, t = valid.shape
     cdt = logp_r.dtype
-    dev = logp_r.device
     traj = torch.div(rows, t, rounding_mode="floor")
     if kl_sum is None and ref_logp is not None:
         ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
         kl_sum = kl_estimate_sum(logp_r, ref_r, opts.kl_estimator)
+    L = torch.zeros(m, dtype=cdt, device=logp_r.device).index_add(0, traj, logp_r)
     n_k = valid.sum(dim=1).to(cdt)
-    index, num = group_index(group_ids, m, dev, process_group)
-    return objective(
-        L=torch.zeros(m, dtype=cdt, device=dev).index_add(0, traj, logp_r),
-        n_k=n_k,
-        returns=returns,
-        index=index,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=n_k.sum(),
-        opts=opts,
-        out_dtype=out_dtype,
-        group=process_group,
-    )
+    return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, out_dtype, process_group)
 
 
 def haepo_loss_from_logits(
@@ -146,6 +115,7 @@ def haepo_loss_from_logits(
     eps: float = 1e-8,
     chunk_size: int | None = None,
     process_group: Any = None,
+    kernel: str = "auto",
 ) -> HAEPOOutput:
     r"""The HAEPO loss from per-step logits of a categorical policy, chunked over tokens.
 
@@ -172,6 +142,10 @@ def haepo_loss_from_logits(
         eps, process_group: as in :func:`haepo_loss`.
       chunk_size: rows per chunk; ``None`` picks :func:`default_chunk_size` for the device
         (about 8 MiB blocks on CPU, 128 MiB on CUDA).
+      kernel: who computes each chunk's statistics and logits gradient: ``"torch"`` (torch
+        ops), ``"triton"`` (the Triton kernels of ``_triton.py``; a ValueError when triton
+        is not importable or the tensors are not on CUDA, unless ``TRITON_INTERPRET=1``), or
+        ``"auto"`` (default: Triton for CUDA tensors when triton is importable, else torch).
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``logits``' dtype. Eager only (the walk over valid
@@ -187,7 +161,7 @@ def haepo_loss_from_logits(
       1.3863
       >>> out.loss.backward()
     """
-    dev = V.check_tensors(
+    dev = check_tensors(
         logits=logits,
         actions=actions,
         returns=returns,
@@ -196,38 +170,17 @@ def haepo_loss_from_logits(
         ref_logp=ref_logp,
         group_ids=group_ids,
     )
-    V.check_rank("logits", logits, 3, "[M, T, V]")
-    V.check_float(V.xp, "logits", logits)
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    valid, opts, _ = validate_logits(
+        xp, logits, actions, returns, mask, group_ids, ref_logits, ref_logp, kw, _HOOKS
+    )
     m, t, v = logits.shape
-    V.check_rank("actions", actions, 2, "[M, T]")
-    if ref_logits is not None and ref_logp is not None:
-        raise ValueError("ref_logits, ref_logp: expected at most one of them, got both")
-    if ref_logits is not None:
-        V.check_float(V.xp, "ref_logits", ref_logits)
-        V.check_shape("ref_logits", ref_logits, (m, t, v), "[M, T, V] (same as logits)")
-    kw = dict(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-    )
-    V.check_shape("actions", actions, (m, t), "[M, T] (logits.shape[:2])")
-    valid, opts = _common_checks(
-        returns, group_ids, ref_logp, m, t, mask, dev, kw, ref_logits is not None
-    )
-    V.check_actions(actions, valid, (m, t), v)
-    V.check_finite(V.xp, "returns", returns, None)
-    if ref_logp is not None:
-        V.check_finite(V.xp, "ref_logp", ref_logp, valid)
-    V.check_logits_finite("logits", logits, valid)
-    if ref_logits is not None:
-        V.check_logits_finite("ref_logits", ref_logits, valid)
+    blocks = kernel_blocks(select_kernel(kernel, dev))
     chunk = _check_chunk(chunk_size, dev, v)
 
-    cdt = compute_dtype(logits.dtype)
+    cdt = compute_dtype(xp, logits.dtype)
     rows, walk, acts = _valid_rows(valid, actions)
     # -inf logits (masked vocabulary) need a clamp per block; skip it when there are none.
     finite = bool(logits.amin() > -torch.inf) and (
@@ -235,12 +188,13 @@ def haepo_loss_from_logits(
     )
     logp_r, ent_r, kl_r = logits_stats(
         logits.reshape(m * t, v),
-        None if ref_logits is None else ref_logits.reshape(m * t, v),
+        None if ref_logits is None else ref_logits.detach().reshape(m * t, v),
         walk,
         acts,
         chunk,
         cdt,
         finite,
+        blocks,
     )
     ent_sum, kl_sum = _sums(ent_r, kl_r, ref_logits is not None, opts)
     return _finish(
@@ -280,6 +234,7 @@ def haepo_loss_from_hidden(
     eps: float = 1e-8,
     chunk_size: int | None = None,
     process_group: Any = None,
+    kernel: str = "auto",
 ) -> HAEPOOutput:
     r"""The HAEPO loss from last hidden states and the LM head (fused linear, chunked).
 
@@ -302,10 +257,13 @@ def haepo_loss_from_hidden(
       actions: ``[M, T]`` integer tokens taken; returns: ``[M]``; mask: ``[M, T]``.
       ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), projected
         by ``ref_weight`` ``[V, H]`` / ``ref_bias`` ``[V]``; when ``ref_weight`` is ``None``
-        the policy's ``weight`` and ``bias`` are used (detached). Or
+        the policy's ``weight`` and ``bias`` are used (detached; a given ``ref_bias``
+        replaces the bias). Or
       ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (give at most one).
-      group_ids, coefficients, chunk_size, process_group: as in
-        :func:`haepo_loss_from_logits`.
+      group_ids, coefficients, chunk_size, process_group, kernel: as in
+        :func:`haepo_loss_from_logits`. ``weight`` and ``bias`` must have ``hidden``'s dtype
+        (a TypeError naming both otherwise: the projection runs in that dtype, and a silent
+        promotion would change the memory and speed chosen).
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``hidden``'s dtype; gradients reach ``hidden``,
@@ -323,7 +281,7 @@ def haepo_loss_from_hidden(
       >>> weight.grad.shape
       torch.Size([16, 8])
     """
-    dev = V.check_tensors(
+    dev = check_tensors(
         hidden=hidden,
         weight=weight,
         actions=actions,
@@ -336,61 +294,22 @@ def haepo_loss_from_hidden(
         ref_logp=ref_logp,
         group_ids=group_ids,
     )
-    V.check_rank("hidden", hidden, 3, "[M, T, H]")
-    V.check_float(V.xp, "hidden", hidden)
+    kw = Options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    valid, opts, _ = validate_hidden(
+        xp, hidden, weight, actions, returns, mask, bias, ref_hidden, ref_weight, ref_bias,
+        ref_logp, group_ids, kw, _HOOKS,
+    )  # fmt: skip
     m, t, h = hidden.shape
-    V.check_rank("weight", weight, 2, "[V, H]")
-    V.check_float(V.xp, "weight", weight)
-    if weight.shape[1] != h:
-        raise ValueError(
-            f"weight: expected shape [V, H] with H = {h} (hidden.shape[-1]), "
-            f"got {tuple(weight.shape)}"
-        )
     v = weight.shape[0]
-    if bias is not None:
-        V.check_float(V.xp, "bias", bias)
-        V.check_shape("bias", bias, (v,), "[V] (weight.shape[0])")
-    if ref_hidden is not None and ref_logp is not None:
-        raise ValueError("ref_hidden, ref_logp: expected at most one of them, got both")
-    if ref_hidden is None and (ref_weight is not None or ref_bias is not None):
-        raise ValueError("ref_weight, ref_bias: given without ref_hidden; expected ref_hidden too")
-    if ref_hidden is not None:
-        V.check_float(V.xp, "ref_hidden", ref_hidden)
-        V.check_shape("ref_hidden", ref_hidden, (m, t, h), "[M, T, H] (same as hidden)")
-        if ref_weight is None:
-            ref_weight, ref_bias = weight, bias
-        V.check_float(V.xp, "ref_weight", ref_weight)
-        V.check_shape("ref_weight", ref_weight, (v, h), "[V, H] (same as weight)")
-        if ref_bias is not None:
-            V.check_float(V.xp, "ref_bias", ref_bias)
-            V.check_shape("ref_bias", ref_bias, (v,), "[V]")
-    kw = dict(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-    )
-    V.check_rank("actions", actions, 2, "[M, T]")
-    V.check_shape("actions", actions, (m, t), "[M, T] (hidden.shape[:2])")
-    valid, opts = _common_checks(
-        returns, group_ids, ref_logp, m, t, mask, dev, kw, ref_hidden is not None
-    )
-    V.check_actions(actions, valid, (m, t), v)
-    V.check_finite(V.xp, "returns", returns, None)
-    if ref_logp is not None:
-        V.check_finite(V.xp, "ref_logp", ref_logp, valid)
-    V.check_rows_finite("hidden", hidden, valid)
-    V.check_rows_finite("weight", weight, None)
-    if bias is not None:
-        V.check_finite(V.xp, "bias", bias, None)
-    if ref_hidden is not None:
-        V.check_rows_finite("ref_hidden", ref_hidden, valid)
+    if ref_hidden is not None and ref_weight is None:
+        # The policy's head (detached) projects the reference; a given ref_bias replaces its bias.
+        ref_weight, ref_bias = weight, bias if ref_bias is None else ref_bias
+    kind = select_kernel(kernel, dev)
     chunk = _check_chunk(chunk_size, dev, v)
 
-    cdt = compute_dtype(hidden.dtype)
+    cdt = compute_dtype(xp, hidden.dtype)
     rows, walk, acts = _valid_rows(valid, actions)
     hidden2d = hidden.reshape(m * t, h)
     ref = None
@@ -404,12 +323,12 @@ def haepo_loss_from_hidden(
     if not (torch.is_grad_enabled() and any(need)):
         # No gradient wanted: one walk, each chunk projected once per head (2 GEMMs).
         logp_r, ent_r, kl_r = fused_linear_values(
-            hidden2d, weight, bias, ref, walk, acts, chunk, cdt
+            hidden2d, weight, bias, ref, walk, acts, chunk, cdt, kernel_blocks(kind)[0]
         )
         return finish(logp_r, *_sums(ent_r, kl_r, ref is not None, opts))
     return _from_hidden_two_pass(
         hidden, hidden2d, weight, bias, ref, walk, acts, chunk, cdt, need, opts, finish,
-        process_group,
+        process_group, kind,
     )  # fmt: skip
 
 
@@ -427,6 +346,7 @@ def _from_hidden_two_pass(
     opts: Options,
     finish: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], HAEPOOutput],
     process_group: Any,
+    kind: str,
 ) -> HAEPOOutput:
     """Five GEMMs instead of six: all gradient work happens in the forward (see
     ``_fused_linear.py`` for why and how); ``loss.backward()`` only scales the stored
@@ -458,16 +378,18 @@ def _from_hidden_two_pass(
     # Pass 2: re-project (1 GEMM, +1 for the exact-KL reference), values and gradients
     # (2 GEMMs, fewer when weight or hidden needs no gradient).
     with torch.no_grad():
-        ent_r, kl_r, grads = grad_walk(*walk_args, True)
+        ent_r, kl_r, grads = grad_walk(*walk_args, True, kind)
 
     def recompute() -> list[torch.Tensor | None]:
         with torch.no_grad():
-            return grad_walk(*walk_args, False)[2]
+            return grad_walk(*walk_args, False, kind)[2]
 
     assert ent_r is not None
     ent_sum, kl_sum = ent_r.sum(), None if kl_r is None else kl_r.sum()
     out = finish(logp_r, ent_sum, kl_sum)
-    loss = attach_gradients(out.loss, hidden, weight, bias, grads, recompute, process_group)
+    loss = attach_gradients(
+        out.loss.detach(), hidden, weight, bias, grads, recompute, process_group
+    )
     coefs = (opts.entropy_coef, opts.kl_coef, opts.temperature)
     if any(isinstance(c, torch.Tensor) and c.requires_grad for c in coefs):
         # Coefficients being differentiated: their gradient comes from the objective on the

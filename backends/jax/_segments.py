@@ -1,4 +1,7 @@
-"""Group labels -> dense segment ids with a *static* number of segments.
+"""The dense group index: group labels -> segment ids with a *static* number of segments.
+
+(The segment reductions themselves are ``jax.ops.segment_sum``/``max``/``min``, handed to the
+core objective by :class:`._policy.JaxPrimitives`.)
 
 ``jax.ops.segment_sum`` needs ``num_segments`` at trace time, but the number of distinct group
 labels is data-dependent. Three cases:
@@ -21,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from haepo_core._namespace import is_concrete
-from haepo_core._validation import check_ids
+from haepo_core.kit import check_ids, is_concrete
 
 from ._checks import to_numpy
 from ._collectives import AxisName

@@ -1,0 +1,430 @@
+"""``haepo_loss_from_logits`` and ``haepo_loss_from_hidden``: memory-lean, chunked over tokens.
+
+Both compute the per-token log-prob of the action taken, the exact entropy and the KL to the
+reference (exact from reference logits / hidden states, or an estimator from ``ref_logp``)
+with :mod:`._vocab` / :mod:`._fused_linear` (chunked, closed-form ``custom_vjp``), then the
+core objective shared with :func:`haepo_loss`. The results match
+``haepo_core.haepo_loss_from_logits`` (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from haepo_core.kit import HAEPOOutput, Options, validate_hidden, validate_logits
+
+from ._checks import check_bool, check_chunk_size, hooks, require_jax, traced, traced_value_checks
+from ._collectives import AxisName, vary
+from ._fused_linear import token_stats_from_hidden, token_stats_from_hidden_fast
+from ._loss import finish, group_index, kl_sum, options
+from ._vocab import compute_dtype, token_stats_from_logits
+
+__all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
+
+# Default chunk: about 2**22 float32 elements (16 MiB) per [chunk, V] temporary, a power of two
+# between 16 and 4096 tokens (128 tokens for V = 32000). Tuned for CPU caches; on an
+# accelerator a larger chunk (e.g. 1024-4096) amortizes the loop better (not measured here).
+_CHUNK_BUDGET = 1 << 22
+
+
+def default_chunk_size(vocab: int) -> int:
+    """The default ``chunk_size`` for a vocabulary of ``vocab`` entries."""
+    c = max(1, _CHUNK_BUDGET // max(vocab, 1))
+    return int(min(4096, max(16, 1 << (c.bit_length() - 1))))
+
+
+def _traced_checks(traced_checks, valid, mask, actions, v, logits=()):
+    traced_value_checks(
+        traced_checks,
+        counts=("mask", jnp.sum(valid.astype(jnp.int32), axis=1)),
+        mask=mask,
+        ids=(("actions", actions, v, "V-1", valid),),
+        logits=logits,
+    )
+
+
+def _finish(lp, ent, kl, *, valid, ref_logp, returns, gidx, num, opts, axis_name, out_dtype):
+    """The objective from per-token ``[N]`` statistics (``kl`` ``None`` = estimate it from
+    ``ref_logp``, or no KL without one)."""
+    m, t = valid.shape
+    x = jnp.where(valid, lp.reshape(m, t), 0)
+    if kl is not None:
+        kl = jnp.sum(jnp.where(valid, kl.reshape(m, t), 0))
+    elif ref_logp is not None:
+        kl = kl_sum(x, ref_logp, valid, opts.kl_estimator)
+    return finish(
+        L=jnp.sum(x, axis=1),
+        n_k=jnp.sum(valid.astype(x.dtype), axis=1),
+        returns=returns,
+        gidx=gidx,
+        num=num,
+        ent_sum=jnp.sum(jnp.where(valid, ent.reshape(m, t), 0)),
+        kl_sum=kl,
+        opts=opts,
+        axis_name=axis_name,
+        out_dtype=out_dtype,
+    )
+
+
+@dataclass(frozen=True)
+class _LossCotangents:
+    """``cot_fn`` of :func:`token_stats_from_hidden_fast`: the cotangents that ``loss`` sends
+    to the per-token ``(logp, entropy, kl)``, by autodiff of the very :func:`_finish` that
+    builds the loss (so the two paths cannot drift apart). Static and hashable; the arrays it
+    needs come in ``aux``. ``kl`` enters the loss linearly, so its value (zeros here) does not
+    change any cotangent."""
+
+    kl_estimator: str
+    normalize_returns: str
+    length_normalize: bool
+    num: int
+    exact_kl: bool
+
+    def __call__(self, lp, ent, aux):
+        opts = Options(
+            entropy_coef=aux["entropy_coef"],
+            kl_coef=aux["kl_coef"],
+            kl_estimator=self.kl_estimator,
+            normalize_returns=self.normalize_returns,
+            temperature=aux["temperature"],
+            length_normalize=self.length_normalize,
+            eps=aux["eps"],
+        )
+
+        def loss(lp_, ent_, kl_):
+            return _finish(
+                lp_,
+                ent_,
+                kl_ if self.exact_kl else None,
+                valid=aux["valid"],
+                ref_logp=aux["ref_logp"],
+                returns=aux["returns"],
+                gidx=aux["gidx"],
+                num=self.num,
+                opts=opts,
+                axis_name=None,
+                out_dtype=lp.dtype,
+            ).loss
+
+        return jax.grad(loss, argnums=(0, 1, 2))(lp, ent, jnp.zeros_like(lp))
+
+
+def haepo_loss_from_logits(
+    logits: jax.Array,
+    actions: jax.Array,
+    returns: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    ref_logits: jax.Array | None = None,
+    ref_logp: jax.Array | None = None,
+    group_ids: jax.Array | None = None,
+    entropy_coef: Any = 0.0,
+    kl_coef: Any = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: Any = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    chunk_size: int | None = None,
+    num_groups: int | None = None,
+    axis_name: AxisName = None,
+    traced_checks: bool = False,
+) -> HAEPOOutput:
+    r"""The HAEPO loss from per-step logits, chunked over tokens.
+
+    .. math::
+
+        \log\pi_{k,t} &= \operatorname{log\_softmax}(z_{k,t})[a_{k,t}], \quad
+        H_{k,t} = -\textstyle\sum_a \pi(a)\log\pi(a), \\
+        KL_{k,t} &= \textstyle\sum_a \pi(a)\,(\log\pi(a) - \log\pi_{ref}(a))
+        \ \text{(from ref\_logits) or } k_{1,2,3}(\text{ref\_logp} - \log\pi),
+
+    then the objective of :func:`haepo_loss` (``loss = J_PL - lambda H + beta KL``). The
+    ``M * T`` tokens are walked ``chunk_size`` at a time with a closed-form ``custom_vjp``: at
+    most one chunk of float32 ``[chunk_size, V]`` temporaries is alive, in the forward and in
+    the backward (which recomputes that chunk's softmax). The gradient buffer ``d logits``
+    itself is ``[M, T, V]``, like ``logits``.
+
+    Args:
+      logits: ``[M, T, V]`` floating logits (``[M, T, A]`` for small discrete policies); may
+        hold ``-inf`` (masked actions), never NaN or ``+inf`` at valid steps, and each valid
+        step needs at least one finite logit. Eagerly a violation is a ``ValueError`` naming
+        the argument; under ``jit`` it gives a NaN loss (or a ``checkify`` error with
+        ``traced_checks=True``).
+      actions: ``[M, T]`` integer actions (padding may hold anything, e.g. -100).
+      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]``: as in :func:`haepo_loss`.
+      ref_logits: ``[M, T, V]`` reference logits (a constant) for the exact KL, or
+      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (at most one of them).
+      chunk_size: static tokens per chunk; ``None`` = :func:`default_chunk_size` of ``V``
+        (128 for ``V = 32000``).
+      other keywords: as in :func:`haepo_loss` (``num_groups``, ``axis_name``,
+        ``traced_checks`` included).
+
+    Returns:
+      ``haepo_core.HAEPOOutput``; ``stats["entropy"]`` is the exact mean entropy. float16/
+      bfloat16/float32 logits compute in float32, float64 in float64; outputs take the dtype of
+      ``logits``, and the gradient too.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from haepo_backends.jax import haepo_loss_from_logits
+      >>> logits = jnp.zeros((2, 3, 4))
+      >>> actions = jnp.zeros((2, 3), dtype=jnp.int32)
+      >>> out = haepo_loss_from_logits(logits, actions, jnp.array([0.0, 1.0]),
+      ...                              entropy_coef=0.1, chunk_size=4)
+      >>> round(float(out.stats["entropy"]), 4)
+      1.3863
+    """
+    require_jax(
+        logits=logits,
+        actions=actions,
+        returns=returns,
+        mask=mask,
+        ref_logits=ref_logits,
+        ref_logp=ref_logp,
+        group_ids=group_ids,
+    )
+    check_bool("traced_checks", traced_checks)
+    kw = options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    valid, opts, _ = validate_logits(
+        jnp,
+        logits,
+        actions,
+        returns,
+        mask,
+        group_ids,
+        ref_logits,
+        ref_logp,
+        kw,
+        hooks(traced_checks),
+    )
+    m, t, v = logits.shape
+    chunk = default_chunk_size(v) if chunk_size is None else check_chunk_size(chunk_size)
+    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
+    _traced_checks(
+        traced_checks,
+        valid,
+        mask,
+        actions,
+        v,
+        logits=(("logits", logits, valid), ("ref_logits", ref_logits, valid)),
+    )
+
+    ref2 = None if ref_logits is None else lax.stop_gradient(ref_logits).reshape(m * t, v)
+    lp, ent, kl = token_stats_from_logits(
+        vary(logits, axis_name).reshape(m * t, v),
+        actions.reshape(m * t),
+        valid.reshape(m * t),
+        ref2,
+        chunk,
+    )
+    return _finish(
+        lp,
+        ent,
+        None if ref_logits is None else kl,
+        valid=valid,
+        ref_logp=ref_logp,
+        returns=returns,
+        gidx=gidx,
+        num=num,
+        opts=opts,
+        axis_name=axis_name,
+        out_dtype=logits.dtype,
+    )
+
+
+def haepo_loss_from_hidden(
+    hidden: jax.Array,
+    weight: jax.Array,
+    actions: jax.Array,
+    returns: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    bias: jax.Array | None = None,
+    ref_hidden: jax.Array | None = None,
+    ref_weight: jax.Array | None = None,
+    ref_bias: jax.Array | None = None,
+    ref_logp: jax.Array | None = None,
+    group_ids: jax.Array | None = None,
+    entropy_coef: Any = 0.0,
+    kl_coef: Any = 0.0,
+    kl_estimator: str = "k3",
+    normalize_returns: str = "zscore",
+    temperature: Any = 1.0,
+    length_normalize: bool = False,
+    eps: float = 1e-8,
+    chunk_size: int | None = None,
+    num_groups: int | None = None,
+    axis_name: AxisName = None,
+    traced_checks: bool = False,
+) -> HAEPOOutput:
+    r"""The HAEPO loss from hidden states and the LM head (fused linear + loss).
+
+    The logits :math:`z_{k,t} = W h_{k,t} + b` are never materialized for all tokens: each
+    chunk of ``chunk_size`` tokens computes its ``[chunk_size, V]`` logits, log-prob, exact
+    entropy and KL, and the ``custom_vjp`` backward recomputes them per chunk to give
+
+    .. math::
+
+        \frac{\partial \ell}{\partial h_{k,t}} = W^\top \delta_{k,t},\quad
+        \frac{\partial \ell}{\partial W} = \sum_{k,t} \delta_{k,t} h_{k,t}^\top,\quad
+        \frac{\partial \ell}{\partial b} = \sum_{k,t} \delta_{k,t}
+
+    with :math:`\delta` the closed-form logits gradient of one chunk (see
+    :func:`haepo_loss_from_logits`). Beyond the gradient buffers (``d hidden`` ``[M, T, H]``,
+    ``d weight`` ``[V, H]``) memory does not grow with ``M * T``. Same value as
+    ``haepo_core.haepo_loss_from_logits(hidden @ weight.T + bias, ...)``.
+
+    Under autodiff (without ``axis_name``) the forward already forms the gradient of ``loss``
+    (5 GEMMs per chunk instead of 6). The backward reuses it when only ``loss`` is
+    differentiated and recomputes exactly otherwise, so ``weights`` and ``log_likelihood`` stay
+    differentiable. Second derivatives (``jax.hessian``, ``jvp`` of ``grad``) are exact.
+
+    Args:
+      hidden: ``[M, T, H]`` floating hidden states (differentiable).
+      weight: ``[V, H]`` LM-head weight (differentiable); bias: ``[V]`` or ``None``.
+      actions: ``[M, T]`` integer tokens; returns ``[M]``; mask ``[M, T]``; group_ids ``[M]``.
+      ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), with
+        ref_weight: ``[V, H]`` and ref_bias: ``[V]``; when ``ref_weight`` is ``None`` the
+        policy's ``weight`` and ``bias`` are used (as constants; a given ``ref_bias`` replaces
+        the bias), and a ``ref_weight`` of its own has no bias unless ``ref_bias`` is given; or
+      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (not with ``ref_hidden``).
+      chunk_size: static tokens per chunk; ``None`` = :func:`default_chunk_size` of ``V``.
+      other keywords: as in :func:`haepo_loss`.
+
+    Returns:
+      ``haepo_core.HAEPOOutput`` in the dtype of ``hidden`` (``weight`` and ``bias`` must
+      share it). bfloat16/float16 matmuls accumulate in float32, and the softmax runs in
+      float32; float64 stays float64.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from haepo_backends.jax import haepo_loss_from_hidden
+      >>> k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+      >>> hidden = jax.random.normal(k1, (4, 3, 8))
+      >>> weight = jax.random.normal(k2, (16, 8))
+      >>> actions = jnp.ones((4, 3), dtype=jnp.int32)
+      >>> f = lambda h, w: haepo_loss_from_hidden(
+      ...     h, w, actions, jnp.array([1.0, 0.0, 2.0, 0.5]), entropy_coef=0.01,
+      ...     ref_hidden=hidden + 0.1, kl_coef=0.1, chunk_size=5).loss
+      >>> loss, (dh, dw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(hidden, weight)
+      >>> dh.shape, dw.shape
+      ((4, 3, 8), (16, 8))
+    """
+    require_jax(
+        hidden=hidden,
+        weight=weight,
+        actions=actions,
+        returns=returns,
+        mask=mask,
+        bias=bias,
+        ref_hidden=ref_hidden,
+        ref_weight=ref_weight,
+        ref_bias=ref_bias,
+        ref_logp=ref_logp,
+        group_ids=group_ids,
+    )
+    check_bool("traced_checks", traced_checks)
+    kw = options(
+        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
+    )
+    check = hooks(traced_checks)
+    valid, opts, _ = validate_hidden(
+        jnp,
+        hidden,
+        weight,
+        actions,
+        returns,
+        mask,
+        bias,
+        ref_hidden,
+        ref_weight,
+        ref_bias,
+        ref_logp,
+        group_ids,
+        kw,
+        check,
+    )
+    m, t, h = hidden.shape
+    v = weight.shape[0]
+    chunk = default_chunk_size(v) if chunk_size is None else check_chunk_size(chunk_size)
+    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
+    _traced_checks(traced_checks, valid, mask, actions, v)
+    for name, arr, where in (
+        ("hidden", hidden, valid[:, :, None]),
+        ("weight", weight, None),
+        ("bias", bias, None),
+        ("ref_hidden", ref_hidden, valid[:, :, None]),
+        ("ref_weight", ref_weight, None),
+        ("ref_bias", ref_bias, None),
+    ):
+        if arr is not None and traced(arr):  # readable ones were checked by the core
+            check.check_finite(jnp, name, arr, where)
+
+    refs = None
+    if ref_hidden is not None:
+        # The reference head defaults to the policy's (as a constant). When it *is* the
+        # policy's weight, ``ref_weight = None`` marks it so that each chunk projects policy
+        # and reference rows in one GEMM.
+        # A reference head of its own (ref_weight given) has no bias unless ref_bias is given;
+        # with the policy's head, a given ref_bias replaces the policy's bias (as in torch).
+        rb = ref_bias if ref_weight is not None or ref_bias is not None else bias
+        refs = lax.stop_gradient((ref_hidden.reshape(m * t, h), ref_weight, rb))
+    # Under a named axis the head is usually replicated: cast it to varying so autodiff sums
+    # its per-device partial gradients (see _collectives.vary).
+    params = (
+        vary(hidden, axis_name).reshape(m * t, h),
+        vary(weight, axis_name),
+        vary(bias, axis_name),
+    )
+    flat = (actions.reshape(m * t), valid.reshape(m * t))
+    if axis_name is None:
+        # 5-GEMM path (see _fused_linear): the loss gradient is formed in the differentiated
+        # forward. Under a named axis the loss cotangents need collectives, so that case keeps
+        # the 6-GEMM path below. The coefficients in aux are not detached, so second
+        # derivatives through them stay exact.
+        cdt = compute_dtype(hidden.dtype)
+        aux = dict(
+            valid=valid,
+            returns=returns,
+            gidx=gidx,
+            ref_logp=None if ref_logp is None else lax.stop_gradient(ref_logp),
+            **{
+                k: jnp.asarray(getattr(opts, k), cdt)
+                for k in ("entropy_coef", "kl_coef", "temperature", "eps")
+            },
+        )
+        # As an array the temperature escapes the core's clamp of tiny Python temperatures
+        # (XLA flushes float32 subnormals to 0): clamp it here the same way, so a tiny one
+        # keeps the fast path instead of falling back on NaN cotangents.
+        aux["temperature"] = jnp.maximum(aux["temperature"], jnp.finfo(cdt).tiny)
+        cot_fn = _LossCotangents(
+            opts.kl_estimator,
+            opts.normalize_returns,
+            opts.length_normalize,
+            num,
+            ref_hidden is not None,
+        )
+        lp, ent, kl = token_stats_from_hidden_fast(params, *flat, refs, aux, chunk, cot_fn)
+    else:
+        lp, ent, kl = token_stats_from_hidden(params, *flat, refs, chunk)
+    return _finish(
+        lp,
+        ent,
+        None if ref_hidden is None else kl,
+        valid=valid,
+        ref_logp=ref_logp,
+        returns=returns,
+        gidx=gidx,
+        num=num,
+        opts=opts,
+        axis_name=axis_name,
+        out_dtype=hidden.dtype,
+    )

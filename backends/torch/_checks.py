@@ -1,0 +1,54 @@
+"""The torch hooks of the core's input validation (``haepo_core.kit``): which tensors can be
+read now, and the device check. Every check itself, and every message, is the core's.
+
+Shape, rank and dtype checks always run (they read metadata only and trace cleanly). Value
+checks (NaN/inf at valid steps, empty trajectories, ids out of range, non-0/1 masks) read
+tensor values: they run eagerly and are skipped under ``torch.compile``, so compiling never
+graph-breaks on them. The finite checks of the per-step inputs are deferred to the sums the
+loss computes anyway (``check_finite_from_sums``): a handful of scalars instead of several
+full passes per input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat.torch as xp
+import torch
+
+from haepo_core.kit import CheckHooks, check_finite_from_sums
+from haepo_core.kit import is_concrete as _core_is_concrete
+
+__all__ = ["HOOKS", "check_deferred", "check_tensors", "is_concrete", "xp"]
+
+
+def is_concrete(x: torch.Tensor) -> bool:
+    """False while ``torch.compile`` traces (asked first, so Dynamo never traces into
+    array_api_compat's type probes), else the core's answer (functorch wrappers, meta)."""
+    if torch.compiler.is_compiling():
+        return False
+    return _core_is_concrete(x)
+
+
+HOOKS = CheckHooks(readable=is_concrete, defer_steps=True)
+
+
+def check_deferred(sums: list[Any], deferred: list[Any]) -> None:
+    """The deferred finite checks of the per-step inputs, from sums over their valid steps."""
+    if deferred:
+        check_finite_from_sums(xp, sums, deferred, is_concrete)
+
+
+def check_tensors(**arrays: Any) -> torch.device:
+    """Every non-None argument is a torch.Tensor, all on one device; returns that device."""
+    devices = {}
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        devices[name] = value.device
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{k}={v}" for k, v in devices.items())
+        raise ValueError(f"expected every tensor on one device, got {listing}")
+    return next(iter(devices.values()))
