@@ -7,10 +7,12 @@ HAEPO_EXTRAS="all" source "$(dirname "$0")/_venv.sh"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 echo "[haepo] ruff"
 ruff check .
-echo "[haepo] conformance suite on every installed backend"
+echo "[haepo] conformance suite on every installed backend (one line per property and backend)"
 mkdir -p runs
+SECONDS=0
 python -P -m haepo_conformance --all --max-examples "${HAEPO_CONFORMANCE_EXAMPLES:-5}" \
-  --derandomize --no-shrink -q --report runs/conformance.json
+  --derandomize --no-shrink --report runs/conformance.json
+echo "[haepo] conformance took ${SECONDS}s"
 echo "[haepo] pytest"
 # -P: the repo root is not put on sys.path, so the bare folders backends/, adapters/,
 # conformance/ can never shadow the installed haepo_* packages.

@@ -219,4 +219,7 @@ def _no_group(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
-backend = TorchBackend()
+# The padded and packed losses have an exact double backward (the policy term's and the
+# KL-estimate sum's backwards are built from differentiable ops); the lean paths refuse
+# second derivatives with a clear error, so they are not declared.
+backend = TorchBackend(second_order=("haepo_loss", "haepo_loss_packed"))
