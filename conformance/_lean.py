@@ -97,13 +97,7 @@ class LeanCase:
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
-        parts = [f"path={self.path!r}", f"dtype={self.dtype!r}"]
-        for k in _FIELDS:
-            v = getattr(self, k)
-            if v is not None:
-                parts.append(f"{k}={S._arr_repr(v)}")
-        parts.append(f"options={self.options!r}")
-        return "LeanCase(" + ", ".join(parts) + ")"
+        return S.case_repr(self, [f"path={self.path!r}", f"dtype={self.dtype!r}"], _FIELDS)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
@@ -324,6 +318,26 @@ def _compare_close(a: Mapping, b: Mapping, tol: Tolerance, where: str) -> None:
         )
 
 
+def _compare_grads(
+    got: Mapping[str, np.ndarray],
+    want: Mapping[str, np.ndarray],
+    case: LeanCase,
+    ref_out: Any,
+    tol: Tolerance,
+    where: str,
+) -> None:
+    """``got`` and ``want`` agree for every input differentiated (``case.wrt``)."""
+    for k in case.wrt:
+        assert_close(
+            f"d loss / d {k}",
+            got[k],
+            want[k],
+            rtol=tol.rtol,
+            atol=_grad_atol(ref_out, tol, case, want[k]),
+            where=where,
+        )
+
+
 def _grad_atol(ref_out: Any, tol: Tolerance, case: LeanCase, g: np.ndarray) -> float:
     return grad_tolerance(ref_out, tol, case.options) * (1.0 + float(np.max(np.abs(g))))
 
@@ -438,15 +452,7 @@ def check_grad_dtype(backend: Any, case: LeanCase, device: str | None) -> None:
         atol=tol.rtol + tol.weight_atol * float(np.sum(np.abs(ref_out.normalized_returns))),
         where=f"{case.dtype} vs float64",
     )
-    for k in case.wrt:
-        assert_close(
-            f"d loss / d {k}",
-            g[k],
-            g64[k],
-            rtol=tol.rtol,
-            atol=_grad_atol(ref_out, tol, case, g64[k]),
-            where=f"{case.dtype} vs float64",
-        )
+    _compare_grads(g, g64, case, ref_out, tol, f"{case.dtype} vs float64")
 
 
 def _lean_build(path: str, kind: str) -> Callable[[Any, Any], tuple[Any, Callable]]:
@@ -516,15 +522,7 @@ def check_chunks(backend: Any, case: LeanCase, chunk: int, device: str | None) -
     loss0, g0 = grads(backend, case, device)
     ref_out = reference(case, seen)
     assert_close("grad loss", loss1, loss0, rtol=tol.rtol, atol=tol.weight_atol, where=where)
-    for k in case.wrt:
-        assert_close(
-            f"d loss / d {k}",
-            g1[k],
-            g0[k],
-            rtol=tol.rtol,
-            atol=_grad_atol(ref_out, tol, case, g0[k]),
-            where=where,
-        )
+    _compare_grads(g1, g0, case, ref_out, tol, where)
 
 
 def check_padding(backend: Any, case: LeanCase, device: str | None) -> None:
@@ -555,15 +553,8 @@ def check_padding(backend: Any, case: LeanCase, device: str | None) -> None:
         if not g0:
             continue
         _, g1 = grads(backend, other, device)
+        _compare_grads(g1, g0, case, ref_out, tol, where)
         for k in case.wrt:
-            assert_close(
-                f"d loss / d {k}",
-                g1[k],
-                g0[k],
-                rtol=tol.rtol,
-                atol=_grad_atol(ref_out, tol, case, g0[k]),
-                where=where,
-            )
             if k in ("logits", "hidden"):
                 pad = g1[k][~np.broadcast_to(valid[..., None], g1[k].shape)]
                 if pad.size and not np.all(pad == 0.0):
@@ -587,15 +578,7 @@ def check_variants(backend: Any, case: LeanCase, device: str | None) -> None:
             continue
         loss1, g1 = grads(variant, case, device)
         assert_close("grad loss", loss1, g0[0], rtol=tol.rtol, atol=tol.weight_atol, where=where)
-        for k in case.wrt:
-            assert_close(
-                f"d loss / d {k}",
-                g1[k],
-                g0[1][k],
-                rtol=tol.rtol,
-                atol=_grad_atol(ref_out, tol, case, g0[1][k]),
-                where=where,
-            )
+        _compare_grads(g1, g0[1], case, ref_out, tol, where)
 
 
 def _variants(backend: Any, entry: str) -> dict[str, Any]:
@@ -654,19 +637,7 @@ def _padded_inputs(case: S.Case) -> tuple[dict[str, np.ndarray], tuple[str, ...]
 
 
 def _packed_from(case: S.Case) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    rows, cols = np.nonzero(case.valid)
-    out = {
-        "logp": case.logp[rows, cols],
-        "segment_ids": rows.astype(np.int64),
-        "returns": case.returns,
-    }
-    for k in ("entropy", "ref_logp"):
-        x = getattr(case, k)
-        if x is not None:
-            out[k] = x[rows, cols]
-    if case.group_ids is not None:
-        out["group_ids"] = case.group_ids
-    return out, ("logp", "entropy") if case.entropy is not None else ("logp",)
+    return case.packed()[0], ("logp", "entropy") if case.entropy is not None else ("logp",)
 
 
 def check_second_order(

@@ -574,47 +574,16 @@ MUTANTS: dict[str, type[Mutant]] = {
 }
 
 
-def ignores_mask() -> Mutant:
-    """The numpy backend with :class:`IgnoresMask` (for ``--backend module:object``)."""
-    return IgnoresMask()
-
-
-def detached_weights() -> Mutant:
-    return DetachedWeights()
-
-
-def sample_std() -> Mutant:
-    return SampleStd()
-
-
-def global_softmax() -> Mutant:
-    return GlobalSoftmax()
-
-
-def no_logsumexp() -> Mutant:
-    return NoLogSumExp()
-
-
-def entropy_sign() -> Mutant:
-    return EntropySign()
-
-
-def logits_entropy_sign() -> Mutant:
-    """The torch backend with :class:`LogitsEntropySign`."""
-    return LogitsEntropySign()
-
-
-def logits_kl_detached() -> Mutant:
-    return LogitsKLDetached()
-
-
-def logits_chunk_bug() -> Mutant:
-    return LogitsChunkBug()
-
-
-def hidden_no_bias_grad() -> Mutant:
-    return HiddenNoBiasGrad()
-
-
-def silent_first_order() -> Mutant:
-    return SilentFirstOrder()
+# Zero-argument factories for ``--backend haepo_conformance._mutants:<name>`` (a class is
+# one: ``load_backend`` calls it), each the mutant on its ``default_base``.
+ignores_mask = IgnoresMask
+detached_weights = DetachedWeights
+sample_std = SampleStd
+global_softmax = GlobalSoftmax
+no_logsumexp = NoLogSumExp
+entropy_sign = EntropySign
+logits_entropy_sign = LogitsEntropySign
+logits_kl_detached = LogitsKLDetached
+logits_chunk_bug = LogitsChunkBug
+hidden_no_bias_grad = HiddenNoBiasGrad
+silent_first_order = SilentFirstOrder

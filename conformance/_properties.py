@@ -442,22 +442,7 @@ def _padding(backend: Any, ctx: Context):
 
 def packed_inputs(case: S.Case, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The case as packed inputs (valid steps in a shuffled order) and the flat positions."""
-    valid = case.valid
-    rows, cols = np.nonzero(valid)
-    order = np.random.default_rng(seed).permutation(rows.size)
-    rows, cols = rows[order], cols[order]
-    packed = {
-        "logp": case.logp[rows, cols],
-        "segment_ids": rows.astype(np.int64),
-        "returns": case.returns,
-    }
-    for key in ("entropy", "ref_logp"):
-        v = getattr(case, key)
-        if v is not None:
-            packed[key] = v[rows, cols]
-    if case.group_ids is not None:
-        packed["group_ids"] = case.group_ids
-    return packed, np.stack([rows, cols])
+    return case.packed(np.random.default_rng(seed).permutation(int(case.valid.sum())))
 
 
 def _packed(backend: Any, ctx: Context):

@@ -40,16 +40,8 @@ EPS = {
     "bfloat16": 2.0**-7,
 }
 
-STAT_KEYS = (
-    "policy_loss",
-    "entropy",
-    "kl",
-    "ess",
-    "ess_min",
-    "max_weight",
-    "weighted_return",
-    "num_groups",
-)
+#: The stats every backend reports: the fields of :class:`haepo_core.HAEPOStats`.
+STAT_KEYS = haepo_core.HAEPOStats._fields
 
 
 class ConformanceError(AssertionError):

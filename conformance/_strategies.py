@@ -94,19 +94,44 @@ class Case:
         """Group label of each trajectory (0 for all when ``group_ids`` is None)."""
         return np.zeros(self.m, np.int64) if self.group_ids is None else self.group_ids
 
-    def __repr__(self) -> str:
-        parts = [f"dtype={self.dtype!r}"]
-        for k in _ARRAY_FIELDS:
-            v = getattr(self, k)
+    def packed(self, order: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The case as packed inputs over its valid steps (taken in ``order``, a permutation
+        of them, when given) and the ``[2, N]`` (row, column) position of each step."""
+        rows, cols = np.nonzero(self.valid)
+        if order is not None:
+            rows, cols = rows[order], cols[order]
+        packed = {
+            "logp": self.logp[rows, cols],
+            "segment_ids": rows.astype(np.int64),
+            "returns": self.returns,
+        }
+        for key in ("entropy", "ref_logp"):
+            v = getattr(self, key)
             if v is not None:
-                parts.append(f"{k}={_arr_repr(v)}")
-        parts.append(f"options={self.options!r}")
-        return "Case(" + ", ".join(parts) + ")"
+                packed[key] = v[rows, cols]
+        if self.group_ids is not None:
+            packed["group_ids"] = self.group_ids
+        return packed, np.stack([rows, cols])
+
+    def __repr__(self) -> str:
+        return case_repr(self, [f"dtype={self.dtype!r}"], _ARRAY_FIELDS)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         # Hypothesis prints falsifying examples with IPython-style pretty printers: give it
         # the pasteable repr (np.array(...)) rather than its generic dataclass layout.
         printer.text(repr(self))
+
+
+def case_repr(case: Any, head: list[str], fields: tuple[str, ...]) -> str:
+    """A pasteable repr of a case: ``Kind(head..., field=np.array(...)..., options=...)``
+    over the array ``fields`` that are not None."""
+    parts = list(head)
+    for k in fields:
+        v = getattr(case, k)
+        if v is not None:
+            parts.append(f"{k}={_arr_repr(v)}")
+    parts.append(f"options={case.options!r}")
+    return f"{type(case).__name__}(" + ", ".join(parts) + ")"
 
 
 def dtypes(names: tuple[str, ...] | list[str]) -> st.SearchStrategy[str]:
@@ -341,36 +366,16 @@ def big_cases(dtype_names: tuple[str, ...]) -> st.SearchStrategy[BigCase]:
     dt = dtypes(dtype_names)
     tau = st.sampled_from([1.0, 0.5, 4.0])
     top = st.sampled_from([-1e3, 0.0, -1e5])
+
+    def build(kind: str, m: list[int], t: list[int], *extra: Any) -> st.SearchStrategy[BigCase]:
+        return st.builds(
+            BigCase, st.just(kind), st.sampled_from(m), st.sampled_from(t), seed, dt, tau, *extra
+        )
+
     return st.one_of(
-        st.builds(
-            BigCase,
-            st.just("extreme_L"),
-            st.sampled_from([2, 16, 64]),
-            st.sampled_from([1, 16, 64]),
-            seed,
-            dt,
-            tau,
-            top,
-        ),
-        st.builds(
-            BigCase,
-            st.just("many_trajectories"),
-            st.sampled_from([1024, 4096]),
-            st.sampled_from([1, 4]),
-            seed,
-            dt,
-            tau,
-            top,
-        ),
-        st.builds(
-            BigCase,
-            st.just("long"),
-            st.sampled_from([2, 4]),
-            st.sampled_from([2048, 8192]),
-            seed,
-            dt,
-            tau,
-        ),
+        build("extreme_L", [2, 16, 64], [1, 16, 64], top),
+        build("many_trajectories", [1024, 4096], [1, 4], top),
+        build("long", [2, 4], [2048, 8192]),
     )
 
 

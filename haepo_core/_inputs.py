@@ -32,6 +32,7 @@ __all__ = [
     "CheckHooks",
     "Validated",
     "check_actions",
+    "entry_arguments",
     "check_logits",
     "check_rows_finite",
     "make_options",
@@ -115,6 +116,18 @@ def make_options(*, has_entropy: bool, has_kl: bool, **kw: Any) -> Options:
 def _as_dict(options: Options | dict[str, Any]) -> dict[str, Any]:
     """The option keywords, given as a dict or as an (unchecked) :class:`Options`."""
     return options._asdict() if isinstance(options, Options) else dict(options)
+
+
+def entry_arguments(
+    args: dict[str, Any], static: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], Options]:
+    """An entry point's arguments, its ``locals()`` on entry, split into the array arguments
+    (by name, in signature order, as the ``validate_*`` functions take them) and the option
+    keywords as an unchecked :class:`Options`. The names in ``static`` (a backend's own
+    keywords: ``chunk_size``, ``process_group``...) go to neither."""
+    skip = {*Options._fields, *static}
+    arrays = {k: v for k, v in args.items() if k not in skip}
+    return arrays, Options(**{k: args[k] for k in Options._fields})
 
 
 def _valid_mask(xp: Any, mask: Array | None, like: Array, hooks: CheckHooks) -> Array:

@@ -6,13 +6,42 @@ from typing import Any
 
 import array_api_compat
 
-from ._inputs import validate_logits, validate_packed, validate_padded
+from ._inputs import entry_arguments, validate_logits, validate_packed, validate_padded
 from ._namespace import Array, compute_dtype, device_of, get_namespace, stop_gradient
 from ._objective import HAEPOOutput, HAEPOStats, Options, Primitives, kl_steps, objective
 from ._regularizers import entropy_from_logits, kl_from_logits, log_softmax
 from ._segments import group_index
 
 __all__ = ["HAEPOOutput", "HAEPOStats", "haepo_loss", "haepo_loss_from_logits", "haepo_loss_packed"]
+
+
+def _finish(
+    P: Primitives,
+    L: Array,
+    n_k: Array,
+    returns: Array,
+    group_ids: Array | None,
+    ent_sum: Array | None,
+    kl_sum: Array | None,
+    opts: Options,
+    out_dtype: Any,
+) -> HAEPOOutput:
+    """The objective from the per-trajectory sums ``L``, ``n_k`` ``[M]`` (compute dtype)."""
+    xp = P.xp
+    gidx, num = group_index(xp, group_ids, L.shape[0], device_of(L))
+    return objective(
+        P,
+        L=L,
+        n_k=n_k,
+        returns=returns,
+        index=gidx,
+        num=num,
+        ent_sum=ent_sum,
+        kl_sum=kl_sum,
+        n_steps=xp.sum(n_k),
+        opts=opts,
+        out_dtype=out_dtype,
+    )
 
 
 def _padded(
@@ -23,24 +52,25 @@ def _padded(
     group_ids: Array | None,
     ent_steps: Array | None,
     kl_steps_: Array | None,
-    opts: Any,
+    ref_logp: Array | None,
+    opts: Options,
     out_dtype: Any,
 ) -> HAEPOOutput:
-    """The objective on sanitized per-step arrays ``[M, T]`` in the compute dtype."""
-    n_k = xp.sum(xp.astype(valid, logp.dtype), axis=1)
-    gidx, num = group_index(xp, group_ids, logp.shape[0], device_of(logp))
-    return objective(
+    """The objective on sanitized per-step arrays ``[M, T]`` in the compute dtype; without
+    ``kl_steps_``, a given ``ref_logp`` gives the KL by ``opts.kl_estimator``."""
+    if kl_steps_ is None and ref_logp is not None:
+        ref = _sanitize(xp, stop_gradient(ref_logp), valid, logp.dtype)
+        kl_steps_ = kl_steps(xp, logp, ref, opts.kl_estimator)  # 0 at padding: x = ref = 0
+    return _finish(
         Primitives(xp),
-        L=xp.sum(logp, axis=1),
-        n_k=n_k,
-        returns=returns,
-        index=gidx,
-        num=num,
-        ent_sum=None if ent_steps is None else xp.sum(ent_steps),
-        kl_sum=None if kl_steps_ is None else xp.sum(kl_steps_),
-        n_steps=xp.sum(n_k),
-        opts=opts,
-        out_dtype=out_dtype,
+        xp.sum(logp, axis=1),
+        xp.sum(xp.astype(valid, logp.dtype), axis=1),
+        returns,
+        group_ids,
+        None if ent_steps is None else xp.sum(ent_steps),
+        None if kl_steps_ is None else xp.sum(kl_steps_),
+        opts,
+        out_dtype,
     )
 
 
@@ -49,6 +79,14 @@ def _sanitize(xp: Any, x: Array, valid: Array, cdt: Any) -> Array:
     # the gradient (where() after an exp would still send 0 * inf = NaN back through exp).
     x = xp.astype(x, cdt)
     return xp.where(valid, x, xp.zeros_like(x))
+
+
+def _validated(args: dict[str, Any], validate: Any) -> tuple[Any, Any]:
+    """The namespace of an entry point's arrays (``args``: its ``locals()``) and what
+    ``validate`` (a ``validate_*`` function) returns for them."""
+    arrays, options = entry_arguments(args)
+    xp = get_namespace(**arrays)
+    return xp, validate(xp, **arrays, options=options)
 
 
 def haepo_loss(
@@ -120,26 +158,11 @@ def haepo_loss(
       >>> round(float(out.loss), 6), np.round(out.weights, 4)
       (0.88511, array([0.2101, 0.7563, 0.0336]))
     """
-    xp = get_namespace(
-        logp=logp,
-        returns=returns,
-        mask=mask,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_padded(xp, logp, returns, mask, group_ids, entropy, ref_logp, kw)
+    xp, (valid, opts, _) = _validated(locals(), validate_padded)
     cdt = compute_dtype(xp, logp.dtype)
     x = _sanitize(xp, logp, valid, cdt)
     ent = None if entropy is None else _sanitize(xp, entropy, valid, cdt)
-    kl = None
-    if ref_logp is not None:
-        ref = _sanitize(xp, stop_gradient(ref_logp), valid, cdt)
-        kl = kl_steps(xp, x, ref, kl_estimator)  # 0 at padding: there x = ref = 0
-    return _padded(xp, x, valid, returns, group_ids, ent, kl, opts, logp.dtype)
+    return _padded(xp, x, valid, returns, group_ids, ent, None, ref_logp, opts, logp.dtype)
 
 
 def haepo_loss_packed(
@@ -185,41 +208,16 @@ def haepo_loss_packed(
       >>> round(float(out.loss), 6)
       0.88511
     """
-    xp = get_namespace(
-        logp=logp,
-        segment_ids=segment_ids,
-        returns=returns,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    (_, opts, _), n_k = validate_packed(
-        xp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw
-    )
+    xp, ((_, opts, _), n_k) = _validated(locals(), validate_packed)
     cdt = compute_dtype(xp, logp.dtype)
-    m = returns.shape[0]
     x = xp.astype(logp, cdt)
     P = Primitives(xp)
     kl_sum = None
     if ref_logp is not None:
         kl_sum = P.kl_estimate_sum(x, stop_gradient(xp.astype(ref_logp, cdt)), kl_estimator)
-    gidx, num = group_index(xp, group_ids, m, device_of(logp))
-    return objective(
-        P,
-        L=P.segment_sum(x, segment_ids, m),
-        n_k=n_k,
-        returns=returns,
-        index=gidx,
-        num=num,
-        ent_sum=None if entropy is None else xp.sum(xp.astype(entropy, cdt)),
-        kl_sum=kl_sum,
-        n_steps=xp.sum(n_k),
-        opts=opts,
-        out_dtype=logp.dtype,
-    )
+    L = P.segment_sum(x, segment_ids, returns.shape[0])
+    ent_sum = None if entropy is None else xp.sum(xp.astype(entropy, cdt))
+    return _finish(P, L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype)
 
 
 def haepo_loss_from_logits(
@@ -266,21 +264,7 @@ def haepo_loss_from_logits(
       >>> round(float(out.stats["entropy"]), 4)
       1.3863
     """
-    xp = get_namespace(
-        logits=logits,
-        actions=actions,
-        returns=returns,
-        mask=mask,
-        ref_logits=ref_logits,
-        ref_logp=ref_logp,
-        group_ids=group_ids,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_logits(
-        xp, logits, actions, returns, mask, group_ids, ref_logits, ref_logp, kw
-    )
+    xp, (valid, opts, _) = _validated(locals(), validate_logits)
     cdt = compute_dtype(xp, logits.dtype)
     valid3 = valid[:, :, None]
     # Padding rows are replaced by zeros so NaN/inf there never reach value or gradient.
@@ -297,7 +281,4 @@ def haepo_loss_from_logits(
     if ref_logits is not None:
         rl = xp.where(valid3, xp.astype(ref_logits, cdt), zero)
         kl = xp.where(valid, kl_from_logits(lg, rl, axis=-1), xp.zeros_like(x))
-    elif ref_logp is not None:
-        ref = _sanitize(xp, stop_gradient(ref_logp), valid, cdt)
-        kl = kl_steps(xp, x, ref, kl_estimator)
-    return _padded(xp, x, valid, returns, group_ids, ent, kl, opts, logits.dtype)
+    return _padded(xp, x, valid, returns, group_ids, ent, kl, ref_logp, opts, logits.dtype)

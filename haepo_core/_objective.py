@@ -36,6 +36,7 @@ __all__ = [
     "kl_steps",
     "normalize",
     "objective",
+    "plackett_luce_forward",
     "scores",
 ]
 
@@ -179,21 +180,30 @@ class Primitives:
         self, z: Array, r_norm: Array, index: Array, num: int
     ) -> tuple[Array, Array]:
         """``(S, w)``: ``w = softmax_g(z)`` inside each group (global over devices) and the
-        local ``S = sum_k w_k r_norm_k``. ``r_norm`` is a constant. Plain autodiff here."""
-        xp = self.xp
-        # The max is a constant shift (value and gradient unchanged) that keeps exp() <= 1;
-        # empty segments (-inf) shift by 0.
-        peak = self.all_max(self.segment_max(self.stop_gradient(z), index, num))
-        peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
-        e = xp.exp(z - xp.take(peak, index, axis=0))
-        total = self.all_sum(self.segment_sum(e, index, num))
-        total = xp.where(total > 0, total, xp.ones_like(total))  # empty segments
-        w = e / xp.take(total, index, axis=0)
-        return xp.sum(w * r_norm), w
+        local ``S = sum_k w_k r_norm_k``. ``r_norm`` is a constant. Plain autodiff here; a
+        backend with a closed-form backward runs :func:`plackett_luce_forward` in its forward."""
+        return plackett_luce_forward(self, z, r_norm, index, num)
 
     def kl_estimate_sum(self, x: Array, ref: Array, estimator: str) -> Array:
         """0-d ``sum_i kappa(ref_i - x_i)`` over the local steps; ``ref`` is a constant."""
         return self.xp.sum(kl_steps(self.xp, x, ref, estimator))
+
+
+def plackett_luce_forward(
+    P: Primitives, z: Array, r_norm: Array, index: Array, num: int
+) -> tuple[Array, Array]:
+    """The value of :meth:`Primitives.plackett_luce_term`: ``(S, w)`` with ``w = softmax_g(z)``
+    (normalizers global over devices) and the local ``S = sum_k w_k r_norm_k``."""
+    xp = P.xp
+    # The max is a constant shift (value and gradient unchanged) that keeps exp() <= 1;
+    # empty segments (-inf) shift by 0.
+    peak = P.all_max(P.segment_max(P.stop_gradient(z), index, num))
+    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+    e = xp.exp(z - xp.take(peak, index, axis=0))
+    total = P.all_sum(P.segment_sum(e, index, num))
+    total = xp.where(total > 0, total, xp.ones_like(total))  # empty segments
+    w = e / xp.take(total, index, axis=0)
+    return xp.sum(w * r_norm), w
 
 
 def scores(P: Primitives, L: Array, index: Array, num: int, temperature: Any) -> Array:

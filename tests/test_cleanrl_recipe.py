@@ -69,13 +69,13 @@ def test_epochs_stop_at_the_target_kl_and_run_in_full_without_it(tmp_path):
     hc = example("haepo_cartpole.py")
     tight = hc.train(
         hc.Args(seed=1, total_timesteps=3072, target_kl=1e-9, progress=False, plot=False,
-                out_dir=str(tmp_path))
+                adaptive_lr=False, out_dir=str(tmp_path))
     )  # fmt: skip
     # epoch 0 is always taken (KL 0 at the start); any move then exceeds 1e-9
     assert [u["epochs"] for u in tight["updates"]] == [1] * len(tight["updates"])
     free = hc.train(
         hc.Args(seed=1, total_timesteps=3072, target_kl=0.0, progress=False, plot=False,
-                out_dir=str(tmp_path))
+                adaptive_lr=False, out_dir=str(tmp_path))
     )  # fmt: skip
     assert all(u["epochs"] == 4 for u in free["updates"])
     assert np.mean([u["kl"] for u in free["updates"]]) > np.mean(
@@ -89,13 +89,29 @@ def test_gradients_are_clipped_to_max_grad_norm_at_every_epoch(cartpole_run):
     assert set(calls) == {args.max_grad_norm}
 
 
-def test_learning_rate_anneals_linearly_in_env_steps(cartpole_run):
+def test_learning_rate_is_kl_steered_and_anneals_linearly_in_env_steps(cartpole_run):
     args, res, _ = cartpole_run
+    assert args.adaptive_lr
     ups = res["updates"]
     lr = np.array([u["learning_rate"] for u in ups])
     frac = 1.0 - np.array([u["global_step"] for u in ups]) / args.total_timesteps
+    base = lr / (frac + 1e-3)  # the KL-steered part, before the linear anneal
+    assert base[0] == pytest.approx(args.learning_rate)
+    for a, b, kl in zip(base, base[1:], [u["kl"] for u in ups]):
+        want = a * 1.5 if kl < args.target_kl else a / 1.5
+        want = min(max(want, args.learning_rate / 100), args.learning_rate)
+        assert b == pytest.approx(want, rel=1e-9)
+    assert any(u["kl"] > args.target_kl for u in ups[:-1])  # the rule was exercised downwards
+
+
+def test_learning_rate_anneals_linearly_without_adaptive_lr(tmp_path):
+    hc = example("haepo_cartpole.py")
+    args = hc.Args(seed=0, total_timesteps=4096, progress=False, plot=False,
+                   adaptive_lr=False, out_dir=str(tmp_path))  # fmt: skip
+    ups = hc.train(args)["updates"]
+    lr = np.array([u["learning_rate"] for u in ups])
+    frac = 1.0 - np.array([u["global_step"] for u in ups]) / args.total_timesteps
     np.testing.assert_allclose(lr, args.learning_rate * (frac + 1e-3), rtol=1e-12)
-    assert np.all(np.diff(lr) < 0)
 
 
 def test_entropy_coefficient_follows_the_floor_rule(cartpole_run):
@@ -157,6 +173,14 @@ def test_scripts_reject_bad_options_naming_them(tmp_path, script, option, bad):
     assert not any(tmp_path.iterdir())  # refused before any run dir or env is made
 
 
+def test_adaptive_lr_without_a_target_kl_is_refused(tmp_path):
+    hc = example("haepo_cartpole.py")
+    args = hc.Args(progress=False, out_dir=str(tmp_path), adaptive_lr=True, target_kl=0.0)
+    with pytest.raises(ValueError, match="--adaptive-lr: needs --target-kl > 0"):
+        hc.train(args)
+    hc.check_args(hc.Args(adaptive_lr=False, target_kl=0.0))  # fine without it
+
+
 def test_discrete_entropy_floor_is_a_fraction_of_the_maximum(tmp_path):
     hc = example("haepo_cartpole.py")
     with pytest.raises(ValueError, match="--entropy-floor"):
@@ -179,7 +203,7 @@ def test_jax_script_stops_epochs_at_the_target_kl_and_anneals(tmp_path):
     hj = example("haepo_cartpole_jax.py")
     res = hj.train(
         hj.Args(total_timesteps=2048, target_kl=1e-9, progress=False, plot=False,
-                out_dir=str(tmp_path))
+                adaptive_lr=False, out_dir=str(tmp_path))
     )  # fmt: skip
     ups = res["updates"]
     assert len(ups) >= 3 and all(u["epochs"] == 1 for u in ups)

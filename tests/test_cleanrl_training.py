@@ -83,12 +83,12 @@ def test_random_policy_baseline_is_what_we_think(tmp_path):
 def test_haepo_beats_a_random_policy_on_cartpole(tmp_path):
     hc = load_example("haepo_cartpole.py")
     args = hc.Args(
-        seed=0, total_timesteps=10_240, progress=False, plot=False, out_dir=str(tmp_path)
+        seed=0, total_timesteps=14_336, progress=False, plot=False, out_dir=str(tmp_path)
     )
     res = hc.train(args)
     _, logged = _random_rollouts(gym.vector.AutoresetMode.NEXT_STEP, chunks=(400,), seed=0)
     random_return = float(np.mean([r for _, r, _ in logged]))
-    # Measured: ~160-210 after 10k steps for seeds 0-2, random ~22.
+    # Measured: 170-270 after 14k steps for seeds 0-2, random ~22.
     assert res["final_moving_average"] > 4 * random_return
     # HAEPO's diagnostics were logged, and the ESS stayed far from collapse.
     ups = [u for u in res["updates"] if "ess" in u]

@@ -11,13 +11,14 @@ import jax.numpy as jnp
 from ._distributions import StepTerms, categorical_terms, gaussian_terms
 from ._episodes import Trajectories
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
+from ._refresh import RefreshSchedule
 
 __all__ = ["ReferenceParams", "make_haepo_loss_fn", "to_jax"]
 
 PyTree = Any
 
 
-class ReferenceParams:
+class ReferenceParams(RefreshSchedule):
     """Frozen reference parameters (the previous policy), refreshed on a schedule.
 
     JAX arrays are immutable, so keeping the previous pytree *is* keeping a frozen copy; the
@@ -36,20 +37,12 @@ class ReferenceParams:
     """
 
     def __init__(self, params: PyTree, refresh_every: int = 1) -> None:
-        if (
-            isinstance(refresh_every, bool)
-            or not isinstance(refresh_every, int)
-            or (refresh_every < 1)
-        ):
-            raise ValueError(f"refresh_every: expected an int >= 1, got {refresh_every!r}")
-        self.refresh_every = refresh_every
-        self.updates = 0
+        super().__init__(refresh_every)
         self.params = _copy(params)
 
     def step(self, params: PyTree) -> bool:
         """Count one update; take ``params`` as the reference when the schedule says so."""
-        self.updates += 1
-        if self.updates % self.refresh_every == 0:
+        if self._due():
             self.params = _copy(params)
             return True
         return False

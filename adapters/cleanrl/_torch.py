@@ -7,10 +7,12 @@ import copy
 import torch
 from torch import nn
 
+from ._refresh import RefreshSchedule
+
 __all__ = ["ReferencePolicy"]
 
 
-class ReferencePolicy:
+class ReferencePolicy(RefreshSchedule):
     """Frozen reference policy for the KL term: a copy of the policy, refreshed on a schedule.
 
     HAEPO penalizes ``KL(pi_theta || pi_ref)`` with ``pi_ref`` the *previous* policy. Keep one
@@ -39,15 +41,8 @@ class ReferencePolicy:
     def __init__(self, module: nn.Module, refresh_every: int = 1) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-        if (
-            isinstance(refresh_every, bool)
-            or not isinstance(refresh_every, int)
-            or (refresh_every < 1)
-        ):
-            raise ValueError(f"refresh_every: expected an int >= 1, got {refresh_every!r}")
+        super().__init__(refresh_every)
         self._source = module
-        self.refresh_every = refresh_every
-        self.updates = 0
         self.module = copy.deepcopy(module)
         self.module.eval()
         self.module.requires_grad_(False)
@@ -58,8 +53,7 @@ class ReferencePolicy:
 
     def step(self) -> bool:
         """Count one update; refresh when the schedule says so. Returns whether it refreshed."""
-        self.updates += 1
-        if self.updates % self.refresh_every == 0:
+        if self._due():
             self.refresh()
             return True
         return False

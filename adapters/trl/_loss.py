@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from haepo_backends.torch import haepo_loss
 
-from haepo_core import HAEPOOutput
+from haepo_core import HAEPOOutput, HAEPOStats
+from haepo_core.kit import Options
 
 __all__ = ["haepo_loss_from_token_logps"]
-
-_STAT_KEYS = (
-    "policy_loss",
-    "entropy",
-    "kl",
-    "ess",
-    "ess_min",
-    "max_weight",
-    "weighted_return",
-    "num_groups",
-)
 
 
 def _check_tensor(name: str, x: object, shape: tuple[int, ...] | None, what: str) -> torch.Tensor:
@@ -64,7 +55,7 @@ def _empty_output(per_token_logps: torch.Tensor, batch_size: int) -> HAEPOOutput
     )
     zero = safe.sum() * 0.0
     zeros = per_token_logps.new_zeros(batch_size)
-    stats = {k: zero.detach().clone() for k in _STAT_KEYS}
+    stats = {k: zero.detach().clone() for k in HAEPOStats._fields}
     return HAEPOOutput(zero, zeros, zeros, zeros, stats)
 
 
@@ -76,15 +67,10 @@ def haepo_step_loss(
     *,
     entropies: torch.Tensor | None,
     ref_per_token_logps: torch.Tensor | None,
-    entropy_coef: float,
-    kl_coef: float,
-    kl_estimator: str,
-    normalize_returns: str,
-    temperature: float,
-    length_normalize: bool,
-    eps: float,
+    **options: Any,
 ) -> HAEPOOutput:
-    """Checked-input backend call shared by the public function and the trainer.
+    """Checked-input backend call shared by the public function and the trainer; ``options``
+    are the loss option keywords of ``haepo_loss``.
 
     Rows without a valid token (``mask_truncated_completions`` zeroes whole rows) are dropped
     from their group before the core sees them: such a completion has no log-likelihood to
@@ -107,13 +93,7 @@ def haepo_step_loss(
         group_ids=rows(group_ids),
         entropy=rows(entropies),
         ref_logp=rows(ref_per_token_logps),
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
+        **options,
     )
     if idx is None:
         return out
@@ -220,6 +200,7 @@ def haepo_loss_from_token_logps(
       (0.1429, [0.3571, 0.6429, 0.5, 0.5])
       >>> out.loss.backward()  # gradients reach the per-token log-probs
     """
+    options = {k: v for k, v in locals().items() if k in Options._fields}
     logp = _check_tensor("per_token_logps", per_token_logps, None, "[B, T]")
     if logp.ndim != 2:
         raise ValueError(f"per_token_logps: expected rank 2 [B, T], got shape {tuple(logp.shape)}")
@@ -276,11 +257,5 @@ def haepo_loss_from_token_logps(
         group_ids_for(b, int(num_generations), logp.device),
         entropies=entropies,
         ref_per_token_logps=ref_per_token_logps,
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
+        **options,
     )

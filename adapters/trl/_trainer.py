@@ -53,6 +53,18 @@ from ._version import check_trl_version
 
 __all__ = ["HAEPOTrainer"]
 
+
+def _config_options(args: HAEPOConfig) -> dict[str, Any]:
+    """The loss keywords taken as they are from the config (coefficients are scaled per call;
+    ``kl_estimator`` is the per-token path's, "exact" taking the from-hidden path)."""
+    return dict(
+        normalize_returns=args.normalize_returns,
+        temperature=args.haepo_temperature,
+        length_normalize=args.length_normalize,
+        eps=args.normalize_eps,
+    )
+
+
 _FORWARD_KEYS = (
     "pixel_values",
     "image_grid_thw",
@@ -616,10 +628,7 @@ class HAEPOTrainer(GRPOTrainer):
             entropy_coef=args.entropy_coef * r,
             kl_coef=args.kl_coef * r if ref is not None else 0.0,
             kl_estimator=args.kl_estimator,
-            normalize_returns=args.normalize_returns,
-            temperature=args.haepo_temperature,
-            length_normalize=args.length_normalize,
-            eps=args.normalize_eps,
+            **_config_options(args),
         )
         self._log_weights(inputs, out.weights, keep)
         stats = {k: out.stats[k] for k in out.stats.keys()}
@@ -648,10 +657,7 @@ class HAEPOTrainer(GRPOTrainer):
             ref_hidden=ref_hidden,
             ref_weight=ref_w,
             ref_bias=ref_b,
-            normalize_returns=args.normalize_returns,
-            temperature=args.haepo_temperature,
-            length_normalize=args.length_normalize,
-            eps=args.normalize_eps,
+            **_config_options(args),
         )
         if split:
             rows = torch.nonzero(keep, as_tuple=True)[0]

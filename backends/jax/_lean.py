@@ -9,20 +9,19 @@ core objective shared with :func:`haepo_loss`. The results match
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from haepo_core.kit import HAEPOOutput, Options, validate_hidden, validate_logits
+from haepo_core.kit import HAEPOOutput, validate_hidden, validate_logits
 
-from ._checks import check_bool, check_chunk_size, hooks, require_jax, traced, traced_value_checks
+from ._checks import check_chunk_size, traced, traced_value_checks
 from ._collectives import AxisName, vary
-from ._fused_linear import token_stats_from_hidden, token_stats_from_hidden_fast
-from ._loss import finish, group_index, kl_sum, options
-from ._vocab import compute_dtype, token_stats_from_logits
+from ._fused_linear import token_stats_from_hidden
+from ._loss import finish, kl_sum, start
+from ._vocab import token_stats_from_logits
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
 
@@ -33,9 +32,17 @@ _CHUNK_BUDGET = 1 << 22
 
 
 def default_chunk_size(vocab: int) -> int:
-    """The default ``chunk_size`` for a vocabulary of ``vocab`` entries."""
+    """The default ``chunk_size`` of :func:`haepo_loss_from_logits` for a vocabulary of
+    ``vocab`` entries."""
     c = max(1, _CHUNK_BUDGET // max(vocab, 1))
     return int(min(4096, max(16, 1 << (c.bit_length() - 1))))
+
+
+# Default chunk of haepo_loss_from_hidden, whatever V: that path also tiles the vocabulary
+# (blocks of about 2**18 elements, _fused_linear._vocab_tile), so the chunk sets the GEMM shapes,
+# not the memory. On CPU (M=8, T=256, V=32000, H=512) 256 tokens was the fastest of
+# 128/256/512/1024 (1000-column tiles) and leaves about 8 MB of compiled temporaries.
+_HIDDEN_CHUNK = 256
 
 
 def _traced_checks(traced_checks, valid, mask, actions, v, logits=()):
@@ -69,49 +76,6 @@ def _finish(lp, ent, kl, *, valid, ref_logp, returns, gidx, num, opts, axis_name
         axis_name=axis_name,
         out_dtype=out_dtype,
     )
-
-
-@dataclass(frozen=True)
-class _LossCotangents:
-    """``cot_fn`` of :func:`token_stats_from_hidden_fast`: the cotangents that ``loss`` sends
-    to the per-token ``(logp, entropy, kl)``, by autodiff of the very :func:`_finish` that
-    builds the loss (so the two paths cannot drift apart). Static and hashable; the arrays it
-    needs come in ``aux``. ``kl`` enters the loss linearly, so its value (zeros here) does not
-    change any cotangent."""
-
-    kl_estimator: str
-    normalize_returns: str
-    length_normalize: bool
-    num: int
-    exact_kl: bool
-
-    def __call__(self, lp, ent, aux):
-        opts = Options(
-            entropy_coef=aux["entropy_coef"],
-            kl_coef=aux["kl_coef"],
-            kl_estimator=self.kl_estimator,
-            normalize_returns=self.normalize_returns,
-            temperature=aux["temperature"],
-            length_normalize=self.length_normalize,
-            eps=aux["eps"],
-        )
-
-        def loss(lp_, ent_, kl_):
-            return _finish(
-                lp_,
-                ent_,
-                kl_ if self.exact_kl else None,
-                valid=aux["valid"],
-                ref_logp=aux["ref_logp"],
-                returns=aux["returns"],
-                gidx=aux["gidx"],
-                num=self.num,
-                opts=opts,
-                axis_name=None,
-                out_dtype=lp.dtype,
-            ).loss
-
-        return jax.grad(loss, argnums=(0, 1, 2))(lp, ent, jnp.zeros_like(lp))
 
 
 def haepo_loss_from_logits(
@@ -180,34 +144,10 @@ def haepo_loss_from_logits(
       >>> round(float(out.stats["entropy"]), 4)
       1.3863
     """
-    require_jax(
-        logits=logits,
-        actions=actions,
-        returns=returns,
-        mask=mask,
-        ref_logits=ref_logits,
-        ref_logp=ref_logp,
-        group_ids=group_ids,
-    )
-    check_bool("traced_checks", traced_checks)
-    kw = options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_logits(
-        jnp,
-        logits,
-        actions,
-        returns,
-        mask,
-        group_ids,
-        ref_logits,
-        ref_logp,
-        kw,
-        hooks(traced_checks),
-    )
+    c = start(locals(), validate_logits)
+    valid, opts, gidx, num = c.valid, c.opts, c.gidx, c.num
     m, t, v = logits.shape
     chunk = default_chunk_size(v) if chunk_size is None else check_chunk_size(chunk_size)
-    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
     _traced_checks(
         traced_checks,
         valid,
@@ -267,9 +207,11 @@ def haepo_loss_from_hidden(
 ) -> HAEPOOutput:
     r"""The HAEPO loss from hidden states and the LM head (fused linear + loss).
 
-    The logits :math:`z_{k,t} = W h_{k,t} + b` are never materialized for all tokens: each
-    chunk of ``chunk_size`` tokens computes its ``[chunk_size, V]`` logits, log-prob, exact
-    entropy and KL, and the ``custom_vjp`` backward recomputes them per chunk to give
+    The logits :math:`z_{k,t} = W h_{k,t} + b` are never materialized for all tokens nor for
+    all of the vocabulary: the walk goes over chunks of ``chunk_size`` tokens and tiles of the
+    vocabulary (blocks of about 2**18 elements). The forward keeps an online log-sum-exp, the
+    exact entropy and KL per token; the ``custom_vjp`` backward recomputes each block's logits
+    to give
 
     .. math::
 
@@ -277,15 +219,14 @@ def haepo_loss_from_hidden(
         \frac{\partial \ell}{\partial W} = \sum_{k,t} \delta_{k,t} h_{k,t}^\top,\quad
         \frac{\partial \ell}{\partial b} = \sum_{k,t} \delta_{k,t}
 
-    with :math:`\delta` the closed-form logits gradient of one chunk (see
-    :func:`haepo_loss_from_logits`). Beyond the gradient buffers (``d hidden`` ``[M, T, H]``,
-    ``d weight`` ``[V, H]``) memory does not grow with ``M * T``. Same value as
+    with :math:`\delta` the closed-form logits gradient of one block (see
+    :func:`haepo_loss_from_logits`), ``d weight`` summed over all tokens one vocabulary tile
+    at a time. Beyond the gradient buffers (``d hidden`` ``[M, T, H]``, ``d weight``
+    ``[V, H]``) memory does not grow with ``M * T`` or ``V``. Same value as
     ``haepo_core.haepo_loss_from_logits(hidden @ weight.T + bias, ...)``.
 
-    Under autodiff (without ``axis_name``) the forward already forms the gradient of ``loss``
-    (5 GEMMs per chunk instead of 6). The backward reuses it when only ``loss`` is
-    differentiated and recomputes exactly otherwise, so ``weights`` and ``log_likelihood`` stay
-    differentiable. Second derivatives (``jax.hessian``, ``jvp`` of ``grad``) are exact.
+    The backward is exact for any cotangent (``weights`` and ``log_likelihood`` stay
+    differentiable), and second derivatives (``jax.hessian``, ``jvp`` of ``grad``) are exact.
 
     Args:
       hidden: ``[M, T, H]`` floating hidden states (differentiable).
@@ -296,7 +237,7 @@ def haepo_loss_from_hidden(
         policy's ``weight`` and ``bias`` are used (as constants; a given ``ref_bias`` replaces
         the bias), and a ``ref_weight`` of its own has no bias unless ``ref_bias`` is given; or
       ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (not with ``ref_hidden``).
-      chunk_size: static tokens per chunk; ``None`` = :func:`default_chunk_size` of ``V``.
+      chunk_size: static tokens per chunk; ``None`` = 256 (the vocabulary is tiled apart).
       other keywords: as in :func:`haepo_loss`.
 
     Returns:
@@ -318,44 +259,11 @@ def haepo_loss_from_hidden(
       >>> dh.shape, dw.shape
       ((4, 3, 8), (16, 8))
     """
-    require_jax(
-        hidden=hidden,
-        weight=weight,
-        actions=actions,
-        returns=returns,
-        mask=mask,
-        bias=bias,
-        ref_hidden=ref_hidden,
-        ref_weight=ref_weight,
-        ref_bias=ref_bias,
-        ref_logp=ref_logp,
-        group_ids=group_ids,
-    )
-    check_bool("traced_checks", traced_checks)
-    kw = options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    check = hooks(traced_checks)
-    valid, opts, _ = validate_hidden(
-        jnp,
-        hidden,
-        weight,
-        actions,
-        returns,
-        mask,
-        bias,
-        ref_hidden,
-        ref_weight,
-        ref_bias,
-        ref_logp,
-        group_ids,
-        kw,
-        check,
-    )
+    c = start(locals(), validate_hidden)
+    valid, opts, gidx, num, check = c.valid, c.opts, c.gidx, c.num, c.hooks
     m, t, h = hidden.shape
     v = weight.shape[0]
-    chunk = default_chunk_size(v) if chunk_size is None else check_chunk_size(chunk_size)
-    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
+    chunk = _HIDDEN_CHUNK if chunk_size is None else check_chunk_size(chunk_size)
     _traced_checks(traced_checks, valid, mask, actions, v)
     for name, arr, where in (
         ("hidden", hidden, valid[:, :, None]),
@@ -385,36 +293,7 @@ def haepo_loss_from_hidden(
         vary(bias, axis_name),
     )
     flat = (actions.reshape(m * t), valid.reshape(m * t))
-    if axis_name is None:
-        # 5-GEMM path (see _fused_linear): the loss gradient is formed in the differentiated
-        # forward. Under a named axis the loss cotangents need collectives, so that case keeps
-        # the 6-GEMM path below. The coefficients in aux are not detached, so second
-        # derivatives through them stay exact.
-        cdt = compute_dtype(hidden.dtype)
-        aux = dict(
-            valid=valid,
-            returns=returns,
-            gidx=gidx,
-            ref_logp=None if ref_logp is None else lax.stop_gradient(ref_logp),
-            **{
-                k: jnp.asarray(getattr(opts, k), cdt)
-                for k in ("entropy_coef", "kl_coef", "temperature", "eps")
-            },
-        )
-        # As an array the temperature escapes the core's clamp of tiny Python temperatures
-        # (XLA flushes float32 subnormals to 0): clamp it here the same way, so a tiny one
-        # keeps the fast path instead of falling back on NaN cotangents.
-        aux["temperature"] = jnp.maximum(aux["temperature"], jnp.finfo(cdt).tiny)
-        cot_fn = _LossCotangents(
-            opts.kl_estimator,
-            opts.normalize_returns,
-            opts.length_normalize,
-            num,
-            ref_hidden is not None,
-        )
-        lp, ent, kl = token_stats_from_hidden_fast(params, *flat, refs, aux, chunk, cot_fn)
-    else:
-        lp, ent, kl = token_stats_from_hidden(params, *flat, refs, chunk)
+    lp, ent, kl = token_stats_from_hidden(params, *flat, refs, chunk)
     return _finish(
         lp,
         ent,

@@ -7,13 +7,22 @@ group index (:mod:`._segments`) and the padding-proof per-step sums.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from haepo_core.kit import HAEPOOutput, Options, objective, validate_packed, validate_padded
+from haepo_core.kit import (
+    CheckHooks,
+    HAEPOOutput,
+    Options,
+    entry_arguments,
+    objective,
+    validate_packed,
+    validate_padded,
+)
 
 from ._checks import check_bool, hooks, require_jax, traced_value_checks
 from ._collectives import AxisName
@@ -22,6 +31,9 @@ from ._segments import dense_group_ids
 from ._vocab import compute_dtype
 
 __all__ = ["haepo_loss", "haepo_loss_packed"]
+
+#: The JAX entry points' own keywords: neither arrays nor loss options.
+_STATIC = ("chunk_size", "num_groups", "axis_name", "traced_checks")
 
 
 def sanitize(x: jax.Array, valid: jax.Array, cdt: Any) -> jax.Array:
@@ -83,25 +95,54 @@ def kl_sum(x: jax.Array, ref_logp: jax.Array, valid: jax.Array | None, estimator
     return JaxPrimitives().kl_estimate_sum(x, ref, estimator)
 
 
-def options(
-    entropy_coef: Any,
-    kl_coef: Any,
-    kl_estimator: str,
-    normalize_returns: str,
-    temperature: Any,
-    length_normalize: bool,
-    eps: Any,
-) -> dict[str, Any]:
-    """The option keywords of every entry point, as the core validators take them."""
-    return dict(
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-        kl_estimator=kl_estimator,
-        normalize_returns=normalize_returns,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        eps=eps,
-    )
+class Call(NamedTuple):
+    """A validated call (see :func:`start`): the validity mask (``None`` when packed), the
+    options, the steps per trajectory (packed only), the check hooks, the dense group index
+    ``gidx`` with its ``num`` segments, and what :meth:`finish` needs besides the sums."""
+
+    valid: jax.Array | None
+    opts: Options
+    n_k: jax.Array | None
+    hooks: CheckHooks
+    gidx: jax.Array
+    num: int
+    returns: jax.Array
+    axis_name: AxisName
+    out_dtype: Any
+
+    def finish(
+        self, L: jax.Array, n_k: jax.Array, ent_sum: jax.Array | None, kl_sum: jax.Array | None
+    ) -> HAEPOOutput:
+        """The objective from the per-trajectory sums ``L``, ``n_k`` and the 0-d sums."""
+        return finish(
+            L=L,
+            n_k=n_k,
+            returns=self.returns,
+            gidx=self.gidx,
+            num=self.num,
+            ent_sum=ent_sum,
+            kl_sum=kl_sum,
+            opts=self.opts,
+            axis_name=self.axis_name,
+            out_dtype=self.out_dtype,
+        )
+
+
+def start(args: dict[str, Any], validate: Callable[..., Any]) -> Call:
+    """Check an entry point's arguments (``args``: its ``locals()`` on entry): JAX arrays,
+    the static ``traced_checks``, then the core's ``validate`` (a ``validate_*`` function)
+    with the JAX hooks; and build the group index."""
+    arrays, options = entry_arguments(args, _STATIC)
+    require_jax(**arrays)
+    traced_checks = check_bool("traced_checks", args["traced_checks"])
+    check = hooks(traced_checks)
+    out = validate(jnp, **arrays, options=options, hooks=check)
+    (valid, opts, _), n_k = out if validate is validate_packed else (out, None)
+    returns, axis_name = args["returns"], args["axis_name"]
+    m = returns.shape[0]
+    gidx, num = group_index(args["group_ids"], m, args["num_groups"], axis_name, traced_checks)
+    dtype = next(iter(arrays.values())).dtype  # the first argument's: logp, logits or hidden
+    return Call(valid, opts, n_k, check, gidx, num, returns, axis_name, dtype)
 
 
 def haepo_loss(
@@ -141,17 +182,11 @@ def haepo_loss(
     (``entropy_coef``, ``kl_coef``, ``temperature``) may be traced.
 
     Args:
-      logp: ``[M, T]`` floating log-probs of the actions taken; padding may hold anything.
-      returns: ``[M]`` real returns (integers allowed).
-      mask: ``[M, T]`` bool (or 0/1) validity; ``None`` = all valid. Each trajectory needs a
-        valid step.
+      logp: ``[M, T]`` floating log-probs (padding may hold anything); returns: ``[M]``;
+        mask: ``[M, T]``; entropy, ref_logp: ``[M, T]``; the option keywords: as in
+        ``haepo_core.haepo_loss``.
       group_ids: ``[M]`` integer group labels; ``None`` = one group. Any labels when eager;
         dense ids ``0..num_groups-1`` when ``num_groups`` is given.
-      entropy: ``[M, T]`` per-step entropy (needed when ``entropy_coef > 0``).
-      ref_logp: ``[M, T]`` reference log-probs (a constant; needed when ``kl_coef > 0``).
-      entropy_coef, kl_coef: ``>= 0``; kl_estimator: ``"k1"``, ``"k2"``, ``"k3"``.
-      normalize_returns: ``"zscore"`` (population std), ``"center"`` or ``"none"``.
-      temperature: ``tau > 0``; length_normalize: divide ``L_k`` by ``T_k``; eps: std guard.
       num_groups: static number of group segments. The number of distinct labels is
         data-dependent, so under ``jit``/``vmap`` pass it to get ``G`` segments (labels must be
         ``0..num_groups-1``; unused ids are fine). Without it, eager calls count the labels and
@@ -167,17 +202,14 @@ def haepo_loss(
         run the value checks and raise ``ValueError``.
 
     Returns:
-      ``haepo_core.HAEPOOutput`` (a pytree): ``loss``, ``weights [M]``,
-      ``normalized_returns [M]``, ``log_likelihood [M]``, ``stats`` (``haepo_core.HAEPOStats``
-      of 0-d arrays, no gradient; ``stats["ess"]`` reads like a dict).
-      Computation runs in float32 for float16/bfloat16/float32 inputs and in float64 for
-      float64 (enable ``jax_enable_x64``); outputs are cast back to ``logp.dtype``.
+      ``haepo_core.HAEPOOutput`` (a pytree). Computation runs in float32 for
+      float16/bfloat16/float32 inputs and in float64 for float64 (enable ``jax_enable_x64``);
+      outputs are cast back to ``logp.dtype``.
 
     Raises:
-      ValueError / TypeError naming the argument, as the core, for bad shapes, dtypes and
-      options (at trace time under jit), for ``M = 0`` and, on concrete arrays, for NaN/inf at
-      valid steps, empty trajectories and out-of-range ids. Under tracing, value checks follow
-      ``traced_checks`` (see above); by default NaN/inf at a valid step gives a NaN loss.
+      As the core (at trace time under jit for shapes, dtypes and options). Under tracing,
+      value checks follow ``traced_checks``; by default NaN/inf at a valid step gives a NaN
+      loss.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -191,38 +223,17 @@ def haepo_loss(
       >>> g(logp).shape
       (3, 2)
     """
-    require_jax(
-        logp=logp,
-        returns=returns,
-        mask=mask,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    check_bool("traced_checks", traced_checks)
-    kw = options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_padded(
-        jnp, logp, returns, mask, group_ids, entropy, ref_logp, kw, hooks(traced_checks)
-    )
-    gidx, num = group_index(group_ids, logp.shape[0], num_groups, axis_name, traced_checks)
+    c = start(locals(), validate_padded)
     traced_value_checks(
-        traced_checks, counts=("mask", jnp.sum(valid.astype(jnp.int32), axis=1)), mask=mask
+        traced_checks, counts=("mask", jnp.sum(c.valid.astype(jnp.int32), axis=1)), mask=mask
     )
     cdt = compute_dtype(logp.dtype)
-    x = sanitize(logp, valid, cdt)
-    return finish(
-        L=jnp.sum(x, axis=1),
-        n_k=jnp.sum(valid.astype(cdt), axis=1),
-        returns=returns,
-        gidx=gidx,
-        num=num,
-        ent_sum=None if entropy is None else jnp.sum(sanitize(entropy, valid, cdt)),
-        kl_sum=None if ref_logp is None else kl_sum(x, ref_logp, valid, kl_estimator),
-        opts=opts,
-        axis_name=axis_name,
-        out_dtype=logp.dtype,
+    x = sanitize(logp, c.valid, cdt)
+    return c.finish(
+        jnp.sum(x, axis=1),
+        jnp.sum(c.valid.astype(cdt), axis=1),
+        None if entropy is None else jnp.sum(sanitize(entropy, c.valid, cdt)),
+        None if ref_logp is None else kl_sum(x, ref_logp, c.valid, kl_estimator),
     )
 
 
@@ -274,39 +285,18 @@ def haepo_loss_packed(
       >>> round(float(out.loss), 5)
       0.88511
     """
-    require_jax(
-        logp=logp,
-        segment_ids=segment_ids,
-        returns=returns,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    check_bool("traced_checks", traced_checks)
-    kw = options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    (_, opts, _), n_k = validate_packed(
-        jnp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw, hooks(traced_checks)
-    )
+    c = start(locals(), validate_packed)
     m = returns.shape[0]
     traced_value_checks(
         traced_checks,
         ids=(("segment_ids", segment_ids, m, "M-1", None),),
-        counts=("segment_ids", n_k),
+        counts=("segment_ids", c.n_k),
     )
-    gidx, num = group_index(group_ids, m, num_groups, axis_name, traced_checks)
     cdt = compute_dtype(logp.dtype)
     x = logp.astype(cdt)
-    return finish(
-        L=jax.ops.segment_sum(x, segment_ids.astype(jnp.int32), num_segments=m),
-        n_k=n_k.astype(cdt),
-        returns=returns,
-        gidx=gidx,
-        num=num,
-        ent_sum=None if entropy is None else jnp.sum(entropy.astype(cdt)),
-        kl_sum=None if ref_logp is None else kl_sum(x, ref_logp, None, kl_estimator),
-        opts=opts,
-        axis_name=axis_name,
-        out_dtype=logp.dtype,
+    return c.finish(
+        jax.ops.segment_sum(x, segment_ids.astype(jnp.int32), num_segments=m),
+        c.n_k.astype(cdt),
+        None if entropy is None else jnp.sum(entropy.astype(cdt)),
+        None if ref_logp is None else kl_sum(x, ref_logp, None, kl_estimator),
     )

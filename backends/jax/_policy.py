@@ -29,27 +29,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from haepo_core.kit import Primitives
+from haepo_core.kit import Primitives, plackett_luce_forward
 
 from ._collectives import AxisName, pmax, pmin, psum
 
 __all__ = ["JaxPrimitives", "plackett_luce_term"]
-
-
-def _forward(
-    z: jax.Array, r: jax.Array, gidx: jax.Array, num: int, axis_name: AxisName
-) -> tuple[jax.Array, jax.Array]:
-    # The per-group max is a constant shift: it keeps every exp() argument <= 0; it leaves the
-    # softmax (and its gradient) unchanged. Empty segments (-inf) shift by 0.
-    peak = pmax(jax.ops.segment_max(lax.stop_gradient(z), gidx, num_segments=num), axis_name)
-    peak = jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak))
-    e = jnp.exp(z - peak[gidx])
-    total = psum(jax.ops.segment_sum(e, gidx, num_segments=num), axis_name)
-    total = jnp.where(total > 0, total, jnp.ones_like(total))
-    w = e / total[gidx]
-    return jnp.sum(w * r), w
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -61,11 +46,11 @@ def plackett_luce_term(
 
     ``r`` (the normalized returns) is a constant: it receives no gradient.
     """
-    return _forward(z, r, gidx, num, axis_name)
+    return plackett_luce_forward(JaxPrimitives(axis_name), z, r, gidx, num)
 
 
 def _fwd(z, r, gidx, num, axis_name):
-    s, w = _forward(z, r, gidx, num, axis_name)
+    s, w = plackett_luce_forward(JaxPrimitives(axis_name), z, r, gidx, num)
     return (s, w), (w, r, gidx)
 
 

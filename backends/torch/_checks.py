@@ -11,15 +11,19 @@ full passes per input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat.torch as xp
 import torch
 
-from haepo_core.kit import CheckHooks, check_finite_from_sums
+from haepo_core.kit import CheckHooks, check_finite_from_sums, entry_arguments
 from haepo_core.kit import is_concrete as _core_is_concrete
 
-__all__ = ["HOOKS", "check_deferred", "check_tensors", "is_concrete", "xp"]
+__all__ = ["HOOKS", "check_deferred", "check_tensors", "is_concrete", "validated", "xp"]
+
+#: The torch entry points' own keywords: neither tensors nor loss options.
+_STATIC = ("process_group", "chunk_size", "kernel")
 
 
 def is_concrete(x: torch.Tensor) -> bool:
@@ -52,3 +56,15 @@ def check_tensors(**arrays: Any) -> torch.device:
         listing = ", ".join(f"{k}={v}" for k, v in devices.items())
         raise ValueError(f"expected every tensor on one device, got {listing}")
     return next(iter(devices.values()))
+
+
+def validated(
+    args: dict[str, Any], validate: Callable[..., Any], hooks: CheckHooks | None = None, **kw: Any
+) -> tuple[torch.device, Any]:
+    """An entry point's tensors (``args``: its ``locals()`` on entry) checked by
+    :func:`check_tensors`, then by the core's ``validate`` (a ``validate_*`` function, with
+    ``hooks``, default :data:`HOOKS`, and any keywords ``kw``): ``(device, its result)``."""
+    arrays, options = entry_arguments(args, _STATIC)
+    device = check_tensors(**arrays)
+    hooks = HOOKS if hooks is None else hooks
+    return device, validate(xp, **arrays, options=options, hooks=hooks, **kw)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from haepo_core import HAEPOOutput
 from haepo_core.kit import CheckHooks, Options, compute_dtype, validate_hidden, validate_logits
 
-from ._checks import check_tensors, is_concrete, xp
+from ._checks import is_concrete, validated, xp
 from ._fused_linear import attach_gradients, fused_linear_values, grad_walk, policy_logp
-from ._loss import finish
+from ._loss import finish as _objective
 from ._policy import kl_estimate_sum
 from ._vocab import default_chunk_size, kernel_blocks, logits_stats, select_kernel
 
@@ -45,19 +45,6 @@ def _check_chunk(chunk_size: Any, device: torch.device, vocab: int) -> int:
     return int(chunk_size)
 
 
-def _valid_rows(
-    valid: torch.Tensor, actions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``(rows, walk, acts)``: flat indices of the valid steps, the same for the chunk walk
-    (``None`` when every step is valid: then chunks are views and nothing is gathered), and
-    the actions taken there."""
-    flat = valid.reshape(-1)
-    rows = torch.nonzero(flat).reshape(-1)
-    walk = None if rows.shape[0] == flat.shape[0] else rows
-    acts = actions.reshape(-1).to(torch.int64)
-    return rows, walk, (acts if walk is None else acts.index_select(0, rows))
-
-
 def _sums(
     ent_r: torch.Tensor, kl_r: torch.Tensor, exact_kl: bool, opts: Options
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,30 +58,53 @@ def _sums(
     return ent_sum, kl_sum
 
 
-def _finish(
-    logp_r: torch.Tensor,
-    ent_sum: torch.Tensor,
-    kl_sum: torch.Tensor | None,
-    rows: torch.Tensor,
-    valid: torch.Tensor,
-    returns: torch.Tensor,
-    group_ids: torch.Tensor | None,
-    ref_logp: torch.Tensor | None,
-    opts: Options,
-    out_dtype: torch.dtype,
-    process_group: Any,
-) -> HAEPOOutput:
-    """The objective on the per-step log-probs ``logp_r`` of the valid ``rows``, the entropy
-    sum and the exact-KL sum (``None``: the ``ref_logp`` estimator, or no KL)."""
+class _Walk(NamedTuple):
+    """A validated lean call and its walk over the valid steps: ``walk`` their flat indices
+    (``None`` when every step is valid: then chunks are views and nothing is gathered),
+    ``acts`` the actions there, and ``finish(logp_r, ent_sum, kl_sum)``, the objective on the
+    walk's per-step log-probs, entropy sum and exact-KL sum (``None``: the ``ref_logp``
+    estimator, or no KL)."""
+
+    opts: Options
+    kind: str
+    chunk: int
+    cdt: torch.dtype
+    walk: torch.Tensor | None
+    acts: torch.Tensor
+    finish: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], HAEPOOutput]
+
+
+def _start(args: dict[str, Any], validate: Callable[..., Any]) -> _Walk:
+    """Validate a lean call (``args``: its ``locals()`` on entry) and set up its walk."""
+    dev, (valid, opts, _) = validated(args, validate, _HOOKS)
+    x = args["logits"] if "logits" in args else args["hidden"]
+    vocab = x.shape[2] if "logits" in args else args["weight"].shape[0]
     m, t = valid.shape
-    cdt = logp_r.dtype
-    traj = torch.div(rows, t, rounding_mode="floor")
-    if kl_sum is None and ref_logp is not None:
-        ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
-        kl_sum = kl_estimate_sum(logp_r, ref_r, opts.kl_estimator)
-    L = torch.zeros(m, dtype=cdt, device=logp_r.device).index_add(0, traj, logp_r)
-    n_k = valid.sum(dim=1).to(cdt)
-    return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, out_dtype, process_group)
+    flat = valid.reshape(-1)
+    rows = torch.nonzero(flat).reshape(-1)
+    walk = None if rows.shape[0] == flat.shape[0] else rows
+    acts = args["actions"].reshape(-1).to(torch.int64)
+    acts = acts if walk is None else acts.index_select(0, rows)
+    ref_logp, process_group = args["ref_logp"], args["process_group"]
+
+    def finish(
+        logp_r: torch.Tensor, ent_sum: torch.Tensor, kl_sum: torch.Tensor | None
+    ) -> HAEPOOutput:
+        cdt = logp_r.dtype
+        if kl_sum is None and ref_logp is not None:
+            ref_r = ref_logp.detach().reshape(-1).index_select(0, rows).to(cdt)
+            kl_sum = kl_estimate_sum(logp_r, ref_r, opts.kl_estimator)
+        traj = torch.div(rows, t, rounding_mode="floor")
+        L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, traj, logp_r)
+        n_k = valid.sum(dim=1).to(cdt)
+        return _objective(
+            L, n_k, args["returns"], args["group_ids"], ent_sum, kl_sum, opts, x.dtype,
+            process_group,
+        )  # fmt: skip
+
+    kind = select_kernel(args["kernel"], dev)
+    chunk = _check_chunk(args["chunk_size"], dev, vocab)
+    return _Walk(opts, kind, chunk, compute_dtype(xp, x.dtype), walk, acts, finish)
 
 
 def haepo_loss_from_logits(
@@ -161,55 +171,18 @@ def haepo_loss_from_logits(
       1.3863
       >>> out.loss.backward()
     """
-    dev = check_tensors(
-        logits=logits,
-        actions=actions,
-        returns=returns,
-        mask=mask,
-        ref_logits=ref_logits,
-        ref_logp=ref_logp,
-        group_ids=group_ids,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_logits(
-        xp, logits, actions, returns, mask, group_ids, ref_logits, ref_logp, kw, _HOOKS
-    )
+    c = _start(locals(), validate_logits)
     m, t, v = logits.shape
-    blocks = kernel_blocks(select_kernel(kernel, dev))
-    chunk = _check_chunk(chunk_size, dev, v)
-
-    cdt = compute_dtype(xp, logits.dtype)
-    rows, walk, acts = _valid_rows(valid, actions)
     # -inf logits (masked vocabulary) need a clamp per block; skip it when there are none.
     finite = bool(logits.amin() > -torch.inf) and (
         ref_logits is None or bool(ref_logits.amin() > -torch.inf)
     )
+    ref2d = None if ref_logits is None else ref_logits.detach().reshape(m * t, v)
     logp_r, ent_r, kl_r = logits_stats(
-        logits.reshape(m * t, v),
-        None if ref_logits is None else ref_logits.detach().reshape(m * t, v),
-        walk,
-        acts,
-        chunk,
-        cdt,
-        finite,
-        blocks,
-    )
-    ent_sum, kl_sum = _sums(ent_r, kl_r, ref_logits is not None, opts)
-    return _finish(
-        logp_r,
-        ent_sum,
-        kl_sum,
-        rows,
-        valid,
-        returns,
-        group_ids,
-        ref_logp,
-        opts,
-        logits.dtype,
-        process_group,
-    )
+        logits.reshape(m * t, v), ref2d, c.walk, c.acts, c.chunk, c.cdt, finite,
+        kernel_blocks(c.kind),
+    )  # fmt: skip
+    return c.finish(logp_r, *_sums(ent_r, kl_r, ref_logits is not None, c.opts))
 
 
 def haepo_loss_from_hidden(
@@ -281,55 +254,24 @@ def haepo_loss_from_hidden(
       >>> weight.grad.shape
       torch.Size([16, 8])
     """
-    dev = check_tensors(
-        hidden=hidden,
-        weight=weight,
-        actions=actions,
-        returns=returns,
-        mask=mask,
-        bias=bias,
-        ref_hidden=ref_hidden,
-        ref_weight=ref_weight,
-        ref_bias=ref_bias,
-        ref_logp=ref_logp,
-        group_ids=group_ids,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, _ = validate_hidden(
-        xp, hidden, weight, actions, returns, mask, bias, ref_hidden, ref_weight, ref_bias,
-        ref_logp, group_ids, kw, _HOOKS,
-    )  # fmt: skip
+    c = _start(locals(), validate_hidden)
     m, t, h = hidden.shape
-    v = weight.shape[0]
     if ref_hidden is not None and ref_weight is None:
         # The policy's head (detached) projects the reference; a given ref_bias replaces its bias.
         ref_weight, ref_bias = weight, bias if ref_bias is None else ref_bias
-    kind = select_kernel(kernel, dev)
-    chunk = _check_chunk(chunk_size, dev, v)
-
-    cdt = compute_dtype(xp, hidden.dtype)
-    rows, walk, acts = _valid_rows(valid, actions)
     hidden2d = hidden.reshape(m * t, h)
     ref = None
     if ref_hidden is not None:
         det = lambda x: None if x is None else x.detach()
         ref = (ref_hidden.detach().reshape(m * t, h), ref_weight.detach(), det(ref_bias))
     need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
-    finish = lambda lp, es, ks: _finish(
-        lp, es, ks, rows, valid, returns, group_ids, ref_logp, opts, hidden.dtype, process_group
-    )
     if not (torch.is_grad_enabled() and any(need)):
         # No gradient wanted: one walk, each chunk projected once per head (2 GEMMs).
         logp_r, ent_r, kl_r = fused_linear_values(
-            hidden2d, weight, bias, ref, walk, acts, chunk, cdt, kernel_blocks(kind)[0]
+            hidden2d, weight, bias, ref, c.walk, c.acts, c.chunk, c.cdt, kernel_blocks(c.kind)[0]
         )
-        return finish(logp_r, *_sums(ent_r, kl_r, ref is not None, opts))
-    return _from_hidden_two_pass(
-        hidden, hidden2d, weight, bias, ref, walk, acts, chunk, cdt, need, opts, finish,
-        process_group, kind,
-    )  # fmt: skip
+        return c.finish(logp_r, *_sums(ent_r, kl_r, ref is not None, c.opts))
+    return _from_hidden_two_pass(hidden, hidden2d, weight, bias, ref, c, need, process_group)
 
 
 def _from_hidden_two_pass(
@@ -338,32 +280,26 @@ def _from_hidden_two_pass(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
-    walk: torch.Tensor | None,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
+    c: _Walk,
     need: tuple[bool, bool, bool],
-    opts: Options,
-    finish: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], HAEPOOutput],
     process_group: Any,
-    kind: str,
 ) -> HAEPOOutput:
     """Five GEMMs instead of six: all gradient work happens in the forward (see
     ``_fused_linear.py`` for why and how); ``loss.backward()`` only scales the stored
     gradients. ``weights`` and ``log_likelihood`` stay differentiable through the pass-1
     log-probs (their backward re-projects, and runs only if they are differentiated)."""
     # Pass 1: policy log-sum-exp and taken-action log-probs (1 GEMM).
-    logp_r, lse = policy_logp(hidden2d, weight, bias, walk, acts, chunk, cdt)
+    logp_r, lse = policy_logp(hidden2d, weight, bias, c.walk, c.acts, c.chunk, c.cdt)
     # The objective's gradient for an upstream 1.0: per step for the log-probs (policy term
     # and any KL estimator), and one scalar each for the entropy and exact-KL sums (the loss
     # is linear in them, so zeros stand in for their values). Cross-rank reductions of a
     # process_group happen here, on every rank alike.
     with torch.enable_grad():
         lp = logp_r.detach().requires_grad_()
-        zero = torch.zeros((), dtype=cdt, device=lp.device)
-        e0 = None if _is_zero(opts.entropy_coef) else zero.clone().requires_grad_()
-        k0 = None if ref is None or _is_zero(opts.kl_coef) else zero.clone().requires_grad_()
-        out0 = finish(
+        zero = torch.zeros((), dtype=c.cdt, device=lp.device)
+        e0 = None if _is_zero(c.opts.entropy_coef) else zero.clone().requires_grad_()
+        k0 = None if ref is None or _is_zero(c.opts.kl_coef) else zero.clone().requires_grad_()
+        out0 = c.finish(
             lp,
             zero if e0 is None else e0,
             (zero if k0 is None else k0) if ref is not None else None,
@@ -374,27 +310,27 @@ def _from_hidden_two_pass(
     g_ent = None if e0 is None else found.pop(0)
     g_kl = None if k0 is None else found.pop(0)
     hw = (hidden2d.detach(), weight.detach(), None if bias is None else bias.detach())
-    walk_args = (*hw, ref, walk, acts, lse.detach(), g_lp, g_ent, g_kl, chunk, need)
+    walk_args = (*hw, ref, c.walk, c.acts, lse.detach(), g_lp, g_ent, g_kl, c.chunk, need)
     # Pass 2: re-project (1 GEMM, +1 for the exact-KL reference), values and gradients
     # (2 GEMMs, fewer when weight or hidden needs no gradient).
     with torch.no_grad():
-        ent_r, kl_r, grads = grad_walk(*walk_args, True, kind)
+        ent_r, kl_r, grads = grad_walk(*walk_args, True, c.kind)
 
     def recompute() -> list[torch.Tensor | None]:
         with torch.no_grad():
-            return grad_walk(*walk_args, False, kind)[2]
+            return grad_walk(*walk_args, False, c.kind)[2]
 
     assert ent_r is not None
     ent_sum, kl_sum = ent_r.sum(), None if kl_r is None else kl_r.sum()
-    out = finish(logp_r, ent_sum, kl_sum)
+    out = c.finish(logp_r, ent_sum, kl_sum)
     loss = attach_gradients(
         out.loss.detach(), hidden, weight, bias, grads, recompute, process_group
     )
-    coefs = (opts.entropy_coef, opts.kl_coef, opts.temperature)
-    if any(isinstance(c, torch.Tensor) and c.requires_grad for c in coefs):
+    coefs = (c.opts.entropy_coef, c.opts.kl_coef, c.opts.temperature)
+    if any(isinstance(k, torch.Tensor) and k.requires_grad for k in coefs):
         # Coefficients being differentiated: their gradient comes from the objective on the
         # constant per-step values (value + 0; no path to hidden/weight/bias, which the stored
         # gradients already cover).
-        by_coef = finish(logp_r.detach(), ent_sum, kl_sum).loss
+        by_coef = c.finish(logp_r.detach(), ent_sum, kl_sum).loss
         loss = loss + (by_coef - by_coef.detach())
     return out._replace(loss=loss)

@@ -11,7 +11,7 @@ import torch
 from haepo_core import HAEPOOutput
 from haepo_core.kit import Options, compute_dtype, objective, validate_packed, validate_padded
 
-from ._checks import HOOKS, check_deferred, check_tensors, is_concrete, xp
+from ._checks import check_deferred, is_concrete, validated, xp
 from ._collectives import global_group_index
 from ._policy import TorchPrimitives, kl_estimate_sum
 from ._segments import dense_group_index
@@ -58,14 +58,17 @@ def sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.Te
     return torch.where(valid, x, torch.zeros((), dtype=cdt, device=x.device))
 
 
-def _step_counts(seg: torch.Tensor, m: int, cdt: torch.dtype) -> torch.Tensor:
-    """Steps per trajectory ``[M]``, checking ``0 <= segment_ids < M`` on the way.
+def _step_counts(segment_ids: torch.Tensor, m: int, like: torch.Tensor) -> torch.Tensor:
+    """Steps per trajectory ``[M]`` in the compute dtype of ``like``, checking
+    ``0 <= segment_ids < M`` on the way.
 
     One ``index_add`` does both: torch itself rejects an index outside ``0..M-1`` (CPU and
     CUDA), and only then do we pay for the min/max passes that word the error. (``bincount``
     would spend two hidden min/max passes on every call, and its output size is data
     dependent, which breaks ``torch.compile``.)
     """
+    cdt = compute_dtype(xp, like.dtype)
+    seg = segment_ids.to(torch.int64)
     ones = torch.ones(seg.shape[0], dtype=cdt, device=seg.device)
     try:
         return torch.zeros(m, dtype=cdt, device=seg.device).index_add(0, seg, ones)
@@ -114,17 +117,9 @@ def haepo_loss(
     eagerly first).
 
     Args:
-      logp: ``[M, T]`` float16/bfloat16/float32/float64 log-probs of the actions taken
-        (padding may hold anything, NaN and inf included).
-      returns: ``[M]`` real returns (integers allowed).
-      mask: ``[M, T]`` bool (or 0/1) validity; ``None`` = all valid. Every trajectory needs one
-        valid step.
-      group_ids: ``[M]`` integer group labels (any values; global labels with
-        ``process_group``); ``None`` = one group.
-      entropy: ``[M, T]`` per-step entropy (needed when ``entropy_coef > 0``).
-      ref_logp: ``[M, T]`` reference log-probs (a constant; needed when ``kl_coef > 0``).
-      entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize,
-        eps: as in the core.
+      logp: ``[M, T]`` float16/bfloat16/float32/float64 log-probs (padding may hold anything).
+      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]`` (global labels with
+        ``process_group``); entropy, ref_logp: ``[M, T]``; the option keywords: as in the core.
       process_group: a ``torch.distributed`` group over which groups are spread: the softmax
         normalizers, return statistics and token counts are reduced across its ranks; every
         rank returns the global loss and receives ``world_size x`` its slice of the gradient
@@ -144,20 +139,7 @@ def haepo_loss(
       0.88511
       >>> out.loss.backward()
     """
-    check_tensors(
-        logp=logp,
-        returns=returns,
-        mask=mask,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    valid, opts, deferred = validate_padded(
-        xp, logp, returns, mask, group_ids, entropy, ref_logp, kw, HOOKS
-    )
+    _, (valid, opts, deferred) = validated(locals(), validate_padded)
     cdt = compute_dtype(xp, logp.dtype)
     x = sanitize(logp, valid, cdt)
     kl_sum = None
@@ -214,29 +196,15 @@ def haepo_loss_packed(
       >>> round(float(out.loss), 6)
       0.88511
     """
-    dev = check_tensors(
-        logp=logp,
-        segment_ids=segment_ids,
-        returns=returns,
-        group_ids=group_ids,
-        entropy=entropy,
-        ref_logp=ref_logp,
+    dev, ((_, opts, deferred), n_k) = validated(
+        locals(), validate_packed, counts=lambda: _step_counts(segment_ids, returns.shape[0], logp)
     )
-    kw = Options(
-        entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize, eps
-    )
-    cdt = compute_dtype(xp, logp.dtype) if logp.dtype.is_floating_point else torch.float32
-    seg = segment_ids.to(torch.int64) if segment_ids.ndim == 1 else segment_ids
-    (_, opts, deferred), n_k = validate_packed(
-        xp, logp, segment_ids, returns, group_ids, entropy, ref_logp, kw, HOOKS,
-        counts=lambda: _step_counts(seg, returns.shape[0], cdt),
-    )  # fmt: skip
-    m = returns.shape[0]
+    m, cdt = returns.shape[0], n_k.dtype
     x = logp.to(cdt)
     kl_sum = None
     if ref_logp is not None:
         kl_sum = kl_estimate_sum(x, ref_logp.detach().to(cdt), opts.kl_estimator)
-    L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, seg, x)
+    L = torch.zeros(m, dtype=cdt, device=dev).index_add(0, segment_ids.to(torch.int64), x)
     ent_sum = None if entropy is None else entropy.to(cdt).sum()
     check_deferred([L, ent_sum, kl_sum], deferred)
     return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype, process_group)

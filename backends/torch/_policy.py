@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from haepo_core.kit import Primitives
+from haepo_core.kit import Primitives, plackett_luce_forward
 
 from ._checks import xp
 from ._collectives import all_reduce_max, all_reduce_min, all_reduce_sum
@@ -45,15 +45,7 @@ class _PlackettLuceTerm(torch.autograd.Function):
     def forward(  # type: ignore[override]
         z: torch.Tensor, r_norm: torch.Tensor, index: torch.Tensor, num: int, group: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The max is a constant shift (value and gradient unchanged) that keeps exp() <= 1, so
-        # L_k down to -1e6 stays finite; empty segments (-inf) shift by 0.
-        peak = all_reduce_max(segment_max(z, index, num), group)
-        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-        e = torch.exp(z - peak[index])
-        total = all_reduce_sum(segment_sum(e, index, num).detach(), group)
-        total = torch.where(total > 0, total, torch.ones_like(total))
-        w = e / total[index]
-        return (w * r_norm).sum(), w
+        return plackett_luce_forward(TorchPrimitives(group), z, r_norm, index, num)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:

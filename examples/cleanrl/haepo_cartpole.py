@@ -14,7 +14,9 @@ after every update).
 Stabilizers around the objective (they go beyond the paper; docs/cleanrl.md): batches counted
 in episodes (``min_episodes``), early stop of the epochs once the KL to the previous policy
 exceeds ``target_kl``, gradient-norm clipping (``max_grad_norm``), linear learning-rate
-annealing (``anneal_lr``), and an entropy bonus raised while the entropy is below
+annealing (``anneal_lr``), a learning rate steered by the KL each update moved the policy
+(``adaptive_lr``: divided by 1.5 after an update that moved it more than ``target_kl``,
+multiplied by 1.5 otherwise, within ``[learning_rate / 100, learning_rate]``), and an entropy bonus raised while the entropy is below
 ``entropy_floor * log(num_actions)``. The script warns once (``CollapseWarning``) when the
 entropy falls near 0 or when three updates in a row see all-equal returns. The same defaults
 serve every discrete task: ``--env-id Acrobot-v1``, ``--env-id LunarLander-v3``.
@@ -66,6 +68,7 @@ class Args:
     num_steps: int = 128
     learning_rate: float = 1e-2
     anneal_lr: bool = True
+    adaptive_lr: bool = True
     update_epochs: int = 4
     target_kl: float = 0.02
     max_grad_norm: float = 0.5
@@ -128,6 +131,10 @@ def check_args(args: Args) -> None:
             raise ValueError(
                 f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
             )
+    if args.adaptive_lr and args.target_kl <= 0:
+        raise ValueError(
+            f"--adaptive-lr: needs --target-kl > 0 (the KL it steers to), got {args.target_kl!r}"
+        )
     if not (0.0 <= args.entropy_floor < 1.0):
         raise ValueError(
             f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
@@ -256,6 +263,15 @@ def train(args: Args) -> dict[str, object]:
         max_value=max(100 * args.entropy_coef, 1e-3),
     )
     monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
+    lr_ctl = None
+    if args.adaptive_lr:
+        lr_ctl = AdaptiveCoefficient(
+            args.learning_rate,
+            args.target_kl,
+            mode="floor",
+            min_value=args.learning_rate / 100,
+            max_value=args.learning_rate,
+        )
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
@@ -304,7 +320,7 @@ def train(args: Args) -> dict[str, object]:
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
         update += 1
-        lr = args.learning_rate
+        lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:
             lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
             optimizer.param_groups[0]["lr"] = lr
@@ -341,6 +357,8 @@ def train(args: Args) -> dict[str, object]:
         reference.step()
         row.update(epochs=epochs, entropy_coef=ent_coef.value, learning_rate=lr)
         ent_coef.update(row["entropy"])
+        if lr_ctl is not None:
+            lr_ctl.update(row["kl"])
         monitor.update(entropy=row["entropy"], returns=traj.returns)
         updates.append(row)
         if writer is not None:
