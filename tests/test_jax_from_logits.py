@@ -323,3 +323,19 @@ def test_compiled_temporaries_stay_flat_in_tokens(path):
     core_large = temps(512, "core")
     assert large < 0.25 * core_large
     assert core_large > 2 * m * 512 * v * 4  # the reference does hold [N, V] temporaries
+
+
+@pytest.mark.parametrize("own_ref_head", [False, True])
+def test_from_hidden_matches_core_across_several_overlapping_vocabulary_tiles(
+    monkeypatch, own_ref_head
+):
+    """The from-hidden walk splits V into tiles (a running log-sum-exp, entropy and KL per
+    token; d weight written tile by tile). Force tiles of 8 columns on V = 11, so there are
+    two and the last one overlaps the first, and check values and gradients as above."""
+    from haepo_backends.jax import _fused_linear
+
+    monkeypatch.setattr(_fused_linear, "_MIN_TILE", 1)
+    monkeypatch.setattr(_fused_linear, "_TILE_BUDGET", 4 * 6)
+    tile = _fused_linear._vocab_tile(V, 4)
+    assert tile < V < 2 * tile  # two tiles, the second overlapping the first
+    test_from_hidden_matches_core_on_materialized_logits(own_ref_head)
