@@ -2,8 +2,8 @@
 
     python benchmarks/multitask.py --tasks cartpole acrobot --seeds 1-10 --workers 2
     python benchmarks/multitask.py --tasks lunarlander --seeds 1-3 --budget 500000
-    python benchmarks/multitask.py --tasks cartpole --methods haepo --set target_kl=0 adaptive_lr=false \\
-        --label haepo-no-trust-region                   # an ablation: options changed
+    python benchmarks/multitask.py --tasks cartpole --methods haepo --set target_kl=0 \\
+        adaptive_lr=false --label haepo-no-trust-region  # an ablation: options changed
     python benchmarks/multitask.py --report-only       # CSV/PNG/table from the saved runs
     python benchmarks/multitask.py --smoke             # a few thousand steps: seconds (CI)
 

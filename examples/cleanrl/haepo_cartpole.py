@@ -16,8 +16,9 @@ in episodes (``min_episodes``), early stop of the epochs once the KL to the prev
 exceeds ``target_kl``, gradient-norm clipping (``max_grad_norm``), linear learning-rate
 annealing (``anneal_lr``), a learning rate steered by the KL each update moved the policy
 (``adaptive_lr``: divided by 1.5 after an update that moved it more than ``target_kl``,
-multiplied by 1.5 otherwise, within ``[learning_rate / 100, learning_rate]``), and an entropy bonus raised while the entropy is below
-``entropy_floor * log(num_actions)``. The script warns once (``CollapseWarning``) when the
+multiplied by 1.5 otherwise, within ``[learning_rate / 100, learning_rate]``), and an
+entropy bonus raised while the entropy is below ``entropy_floor * log(num_actions)``.
+The script warns once (``CollapseWarning``) when the
 entropy falls near 0 or when three updates in a row see all-equal returns. The same defaults
 serve every discrete task: ``--env-id Acrobot-v1``, ``--env-id LunarLander-v3``.
 
