@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._vocab import add_rows, compute_dtype, rows, walk_chunks, zero_from
+from ._vocab import add_rows, compute_dtype, grad_from_softmax, rows, walk_chunks, zero_from
 
 __all__ = ["token_stats_from_hidden"]
 
@@ -209,14 +209,15 @@ def _grad_pass(params, actions, valid, refs, g, st, chunk):
             g_lp, g_ent, g_kl = (rows(x, start, c)[:, None] for x in g)
             lsm = z - rows(lse, start, c)[:, None]
             p = jnp.exp(lsm)
-            # As _vocab.logits_grad, for one tile: masked vocabulary (p = 0) counts as 0.
-            inner_ = -g_lp - g_ent * (jnp.where(p > 0, lsm, 0) + rows(ent, start, c)[:, None])
+            # Masked vocabulary (p = 0) counts as 0, as in _vocab.token_stats.
+            lsm_f = jnp.where(p > 0, lsm, 0)
+            diff_f = None
             if zr is not None:
                 diff = lsm - (zr - rows(lse_r, start, c)[:, None])
-                diff = jnp.where(jnp.isfinite(diff), diff, 0)
-                inner_ = inner_ + g_kl * (diff - rows(kl, start, c)[:, None])
+                diff_f = jnp.where(jnp.isfinite(diff), diff, 0)
             onehot = (a - t0)[:, None] == jnp.arange(vt_, dtype=a.dtype)[None, :]
-            dz = jnp.where(onehot, g_lp, 0.0).astype(cdt) + p * inner_
+            ent_c, kl_c = rows(ent, start, c)[:, None], rows(kl, start, c)[:, None]
+            dz = grad_from_softmax(p, lsm_f, diff_f, ent_c, kl_c, onehot, g_lp, g_ent, g_kl)
             keep = (own & vr)[:, None]
             if overlap:
                 keep = keep & own_c[None, :]

@@ -76,16 +76,30 @@ def token_stats(z: jax.Array, a: jax.Array, zr: jax.Array | None):
     return logp, ent, kl, (p, lsm_f, diff_f)
 
 
+def grad_from_softmax(p, lsm_f, diff_f, ent, kl, onehot, g_lp, g_ent, g_kl):
+    """The closed-form gradient of ``sum(g_lp * logp + g_ent * H + g_kl * KL)`` w.r.t. logits,
+    ``onehot(a) g_lp + p * (-g_lp - g_ent (log p + H) + g_kl (log p - log p_ref - KL))``, from
+    a softmax block (``p``, ``lsm_f``, ``diff_f`` ``[c, w]`` as :func:`token_stats` gives them;
+    ``diff_f`` ``None`` without a reference) and its rows' ``ent``, ``kl``, ``g_*`` ``[c, 1]``.
+    The block may be a tile of the vocabulary: only the row statistics span all of it."""
+    inner = -g_lp - g_ent * (lsm_f + ent)
+    if diff_f is not None:
+        inner = inner + g_kl * (diff_f - kl)
+    return jnp.where(onehot, g_lp, 0.0).astype(p.dtype) + p * inner
+
+
 def logits_grad(z, a, zr, g_lp, g_ent, g_kl):
     """``(kl, dz)``: the KL rows (``None`` without ``zr``) and the closed-form gradient of
     ``sum(g_lp * logp + g_ent * H + g_kl * KL)`` w.r.t. the chunk logits ``z``, from one
     softmax."""
     _, ent, kl, (p, lsm_f, diff_f) = token_stats(z, a, zr)
-    inner = -g_lp[:, None] - g_ent[:, None] * (lsm_f + ent[:, None])
-    if zr is not None:
-        inner = inner + g_kl[:, None] * (diff_f - kl[:, None])
     onehot = a[:, None] == jnp.arange(z.shape[-1], dtype=a.dtype)[None, :]
-    return kl, jnp.where(onehot, g_lp[:, None], 0.0).astype(z.dtype) + p * inner
+    col = lambda x: None if x is None else x[:, None]
+    dz = grad_from_softmax(
+        p, lsm_f, diff_f, ent[:, None], col(kl), onehot, g_lp[:, None], g_ent[:, None],
+        col(g_kl),
+    )  # fmt: skip
+    return kl, dz
 
 
 # ---------------------------------------------------------------------------------------------
