@@ -122,6 +122,9 @@ def run_all(d, rows, group):
 
 
 def worker(rank, init, outdir):
+    # Both ranks are on this host: pin gloo to the loopback interface, so a hostname that
+    # resolves to another interface (common on CI machines) cannot break the connections.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         res = run_all(data(), SLICES[rank], dist.group.WORLD)

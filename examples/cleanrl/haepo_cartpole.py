@@ -324,7 +324,7 @@ def train(args: Args) -> dict[str, object]:
         lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:
             lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
-            optimizer.param_groups[0]["lr"] = lr
+        optimizer.param_groups[0]["lr"] = lr
         row = {"update": update, "global_step": global_step, "episodes": traj.num_trajectories}
         obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
         with torch.no_grad():

@@ -20,9 +20,10 @@ previous policy: HAEPO has no importance ratio, so this is a small, bounded stal
 The stabilizers and their defaults are those of the torch script (docs/cleanrl.md): batches
 of ``episodes_per_update`` episodes, epochs stopped inside the jitted update once the KL to the
 previous policy exceeds ``target_kl`` (the remaining ones leave the parameters unchanged),
-``max_grad_norm`` (``optax.clip_by_global_norm``), linear ``anneal_lr``, and the entropy bonus
-raised while the entropy is below ``entropy_floor * log(num_actions)`` (passed to the jitted
-update as a traced scalar: no recompile); the same collapse warnings and ``curve.png`` panels.
+``max_grad_norm`` (``optax.clip_by_global_norm``), linear ``anneal_lr``, the KL-steered
+learning rate ``adaptive_lr``, and the entropy bonus raised while the entropy is below
+``entropy_floor * log(num_actions)`` (the rate and the bonus reach the jitted update as traced
+scalars: no recompile); the same collapse warnings and ``curve.png`` panels.
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png`` (return, entropy,
 ESS); prints the final 20-episode moving-average return.
@@ -67,6 +68,7 @@ class Args:
     episodes_per_update: int = 8
     learning_rate: float = 1e-2
     anneal_lr: bool = True
+    adaptive_lr: bool = True
     update_epochs: int = 4
     target_kl: float = 0.02
     max_grad_norm: float = 0.5
@@ -123,6 +125,10 @@ def check_args(args: Args) -> None:
             raise ValueError(
                 f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
             )
+    if args.adaptive_lr and args.target_kl <= 0:
+        raise ValueError(
+            f"--adaptive-lr: needs --target-kl > 0 (the KL it steers to), got {args.target_kl!r}"
+        )
     if not (0.0 <= args.entropy_floor < 1.0):
         raise ValueError(
             f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
@@ -236,6 +242,17 @@ def train(args: Args) -> dict[str, object]:
         max_value=max(100 * args.entropy_coef, 1e-3),
     )
     monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
+    # The KL-steered learning rate of the torch script: divided by 1.5 after an update that
+    # moved the policy more than target_kl, multiplied by 1.5 otherwise, within [lr/100, lr].
+    lr_ctl = None
+    if args.adaptive_lr:
+        lr_ctl = AdaptiveCoefficient(
+            args.learning_rate,
+            args.target_kl,
+            mode="floor",
+            min_value=args.learning_rate / 100,
+            max_value=args.learning_rate,
+        )
 
     @jax.jit
     def act(params: object, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -347,9 +364,11 @@ def train(args: Args) -> dict[str, object]:
             continue
         eps, queue = queue[: args.episodes_per_update], queue[args.episodes_per_update :]
         update += 1
-        lr_scale = 1.0
+        # optax.adam was built with learning_rate; lr_scale rescales its updates to the rate
+        # of this update (KL-steered, then annealed), with no recompile.
+        lr_scale = 1.0 if lr_ctl is None else lr_ctl.value / args.learning_rate
         if args.anneal_lr:
-            lr_scale = max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
+            lr_scale *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
         coefs = {"entropy_coef": jnp.float32(ent_coef.value), "lr_scale": jnp.float32(lr_scale)}
         batch_e = make_batch(eps)
         params, opt_state, loss, stats = update_step(
@@ -364,6 +383,8 @@ def train(args: Args) -> dict[str, object]:
             learning_rate=args.learning_rate * lr_scale,
         )
         ent_coef.update(row["entropy"])
+        if lr_ctl is not None:
+            lr_ctl.update(row["kl"])
         monitor.update(entropy=row["entropy"], returns=batch_e["returns"])
         updates.append(row)
         if episodes:

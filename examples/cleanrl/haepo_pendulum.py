@@ -14,9 +14,10 @@ gymnasium's ``NormalizeObservation`` (as CleanRL's PPO does); actions are clippe
 wrapper, log-densities use the unclipped sample.
 
 The stabilizers of ``haepo_cartpole.py`` (batches of at least ``min_episodes`` episodes,
-``target_kl`` early stop, ``max_grad_norm``, ``anneal_lr``, an entropy bonus raised while the
-Gaussian entropy is below ``entropy_floor`` nats per action dimension) with the continuous
-defaults; the same defaults serve every continuous task (``--env-id InvertedPendulum-v5``).
+``target_kl`` early stop, ``max_grad_norm``, ``anneal_lr``, the KL-steered learning rate
+``adaptive_lr``, an entropy bonus raised while the Gaussian entropy is below ``entropy_floor``
+nats per action dimension) with the continuous defaults; the same defaults serve every
+continuous task (``--env-id InvertedPendulum-v5``).
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
 20-episode moving-average return.
@@ -58,6 +59,7 @@ class Args:
     num_steps: int = 256
     learning_rate: float = 3e-3
     anneal_lr: bool = True
+    adaptive_lr: bool = True
     update_epochs: int = 4
     target_kl: float = 0.02
     max_grad_norm: float = 0.5
@@ -120,6 +122,10 @@ def check_args(args: Args) -> None:
             raise ValueError(
                 f"--{name.replace('_', '-')}: expected a finite number {op} {lo}, got {v!r}"
             )
+    if args.adaptive_lr and args.target_kl <= 0:
+        raise ValueError(
+            f"--adaptive-lr: needs --target-kl > 0 (the KL it steers to), got {args.target_kl!r}"
+        )
     if (
         isinstance(args.entropy_floor, bool)
         or not isinstance(args.entropy_floor, (int, float))
@@ -256,6 +262,17 @@ def train(args: Args) -> dict[str, object]:
     )
     std_001 = 0.5 * (1.0 + np.log(2 * np.pi)) + np.log(0.01)
     monitor = CollapseMonitor(entropy_threshold=float(std_001 * act_dim), patience=3)
+    # KL-steered learning rate, as in haepo_cartpole.py: /1.5 after an update that moved the
+    # policy more than target_kl, x1.5 otherwise, within [lr/100, lr].
+    lr_ctl = None
+    if args.adaptive_lr:
+        lr_ctl = AdaptiveCoefficient(
+            args.learning_rate,
+            args.target_kl,
+            mode="floor",
+            min_value=args.learning_rate / 100,
+            max_value=args.learning_rate,
+        )
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
@@ -304,10 +321,10 @@ def train(args: Args) -> dict[str, object]:
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
         update += 1
-        lr = args.learning_rate
+        lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:
             lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
-            optimizer.param_groups[0]["lr"] = lr
+        optimizer.param_groups[0]["lr"] = lr
         row = {"update": update, "global_step": global_step, "episodes": traj.num_trajectories}
         obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
         ref_mean, ref_log_std = reference(obs_b)
@@ -343,6 +360,8 @@ def train(args: Args) -> dict[str, object]:
         reference.step()
         row.update(epochs=epochs, entropy_coef=ent_coef.value, learning_rate=lr)
         ent_coef.update(row["entropy"])
+        if lr_ctl is not None:
+            lr_ctl.update(row["kl"])
         monitor.update(entropy=row["entropy"], returns=traj.returns)
         updates.append(row)
         if writer is not None:
