@@ -209,7 +209,7 @@ def test_from_hidden_never_materializes_all_logits():
 def test_default_chunk_size_depends_on_device_and_vocabulary():
     cpu = default_chunk_size("cpu", 32000)
     cuda = default_chunk_size("cuda", 32000)
-    assert cpu == 128 and cuda == 1048 // 8 * 8
+    assert cpu == 96 and cuda == 1048 // 8 * 8
     assert default_chunk_size("cpu", 10**9) == 1
     assert default_chunk_size("cpu", 7) % 8 == 0
 
