@@ -173,12 +173,61 @@ def test_scripts_reject_bad_options_naming_them(tmp_path, script, option, bad):
     assert not any(tmp_path.iterdir())  # refused before any run dir or env is made
 
 
-def test_adaptive_lr_without_a_target_kl_is_refused(tmp_path):
-    hc = example("haepo_cartpole.py")
-    args = hc.Args(progress=False, out_dir=str(tmp_path), adaptive_lr=True, target_kl=0.0)
+@pytest.mark.parametrize(
+    "script", ["haepo_cartpole.py", "haepo_pendulum.py", "haepo_cartpole_jax.py"]
+)
+def test_adaptive_lr_without_a_target_kl_is_refused(tmp_path, script):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+    mod = example(script)
+    args = mod.Args(progress=False, out_dir=str(tmp_path), adaptive_lr=True, target_kl=0.0)
     with pytest.raises(ValueError, match="--adaptive-lr: needs --target-kl > 0"):
-        hc.train(args)
-    hc.check_args(hc.Args(adaptive_lr=False, target_kl=0.0))  # fine without it
+        mod.train(args)
+    mod.check_args(mod.Args(adaptive_lr=False, target_kl=0.0))  # fine without it
+
+
+def _kl_steered(args, ups) -> None:
+    """Each update's rate follows the KL-steered rule from the previous update's KL."""
+    lr = [u["learning_rate"] for u in ups]
+    assert lr[0] == pytest.approx(args.learning_rate)
+    for a, b, kl in zip(lr, lr[1:], [u["kl"] for u in ups]):
+        want = a * 1.5 if kl < args.target_kl else a / 1.5
+        assert b == pytest.approx(min(max(want, args.learning_rate / 100), args.learning_rate))
+
+
+@pytest.mark.parametrize("script", ["haepo_cartpole.py", "haepo_pendulum.py"])
+def test_kl_steered_rate_reaches_the_optimizer_without_annealing(tmp_path, monkeypatch, script):
+    mod = example(script)
+    used: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    small = {"num_envs": 4, "num_steps": 64, "min_episodes": 4} if "pendulum" in script else {}
+    args = mod.Args(seed=0, total_timesteps=6000, progress=False, plot=False, anneal_lr=False,
+                    target_kl=0.002, out_dir=str(tmp_path), **small)  # fmt: skip
+    ups = mod.train(args)["updates"]
+    assert len(ups) >= 3
+    _kl_steered(args, ups)
+    # the rate of each update is the one every Adam step of that update used
+    want = [u["learning_rate"] for u in ups for _ in range(u["epochs"])]
+    np.testing.assert_allclose(used, want, rtol=1e-12)
+    assert min(want) < args.learning_rate  # the rule was exercised downwards
+
+
+def test_jax_script_steers_the_rate_by_the_kl(tmp_path):
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    hj = example("haepo_cartpole_jax.py")
+    args = hj.Args(total_timesteps=3072, target_kl=0.002, anneal_lr=False, progress=False,
+                   plot=False, out_dir=str(tmp_path))  # fmt: skip
+    ups = hj.train(args)["updates"]
+    assert len(ups) >= 3
+    _kl_steered(args, ups)
+    assert min(u["learning_rate"] for u in ups) < args.learning_rate
 
 
 def test_discrete_entropy_floor_is_a_fraction_of_the_maximum(tmp_path):
