@@ -69,8 +69,12 @@ def main() -> None:
         probs = softmax(theta[states])  # [n, T, 2]
         entropy = -(probs * np.log(probs)).sum(-1)
         out, grads = haepo_grad(
-            logp, returns, group_ids=group_ids, entropy=entropy,
-            entropy_coef=args.entropy_coef, temperature=args.temperature,
+            logp,
+            returns,
+            group_ids=group_ids,
+            entropy=entropy,
+            entropy_coef=args.entropy_coef,
+            temperature=args.temperature,
         )
         # chain rule through the tabular softmax
         onehot = np.eye(2)[actions]
@@ -84,7 +88,8 @@ def main() -> None:
         mean_return = float(returns.mean())
         first = mean_return if first is None else first
         bar.set_postfix(
-            ret=f"{mean_return:.3f}", ess=f"{float(out.stats['ess']):.2f}",
+            ret=f"{mean_return:.3f}",
+            ess=f"{float(out.stats['ess']):.2f}",
             loss=f"{float(out.loss):+.3f}",
         )
         if update % 25 == 0 or update == args.updates - 1:

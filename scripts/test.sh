@@ -7,6 +7,7 @@ HAEPO_EXTRAS="all" source "$(dirname "$0")/_venv.sh"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 echo "[haepo] ruff"
 ruff check .
+ruff format --check .
 echo "[haepo] conformance suite on every installed backend (one line per property and backend)"
 mkdir -p runs
 SECONDS=0

@@ -15,8 +15,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"haepo_core": "haepo_core", "haepo_backends": "backends",
-            "haepo_adapters": "adapters", "haepo_conformance": "conformance"}
+PACKAGES = {
+    "haepo_core": "haepo_core",
+    "haepo_backends": "backends",
+    "haepo_adapters": "adapters",
+    "haepo_conformance": "conformance",
+}
 BARE = ("backends", "adapters", "conformance")
 
 
@@ -35,9 +39,23 @@ def wheel_names(tmp_path_factory) -> list[str]:
         shutil.copytree(REPO / folder, src / folder, ignore=ignore)
     dist = tmp / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "-q", "-w", str(dist), str(src)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     wheels = list(dist.glob("haepo-*.whl"))
     assert len(wheels) == 1, wheels
@@ -66,7 +84,7 @@ def test_wheel_has_no_bare_backends_adapters_or_conformance_package(wheel_names)
     assert tops <= allowed, tops - allowed
 
 
-_INNER_TEST = '''
+_INNER_TEST = """
 import importlib.util, json, os, sys
 from pathlib import Path
 
@@ -95,7 +113,7 @@ def test_bare_names_are_not_the_repo_folders():
         if spec is not None and spec.origin and Path(spec.origin).resolve().is_relative_to(REPO):
             report["bare_importable_from_repo"].append(bare)
     Path(os.environ["HAEPO_PACKAGING_REPORT"]).write_text(json.dumps(report))
-'''
+"""
 
 
 @pytest.mark.parametrize("launcher", ["pytest-script", "python-m-pytest"])
@@ -118,7 +136,10 @@ def test_pytest_run_from_repo_root_never_imports_bare_folder_names(tmp_path, lau
         cmd = [sys.executable, "-m", "pytest"]
     res = subprocess.run(
         [*cmd, "-q", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"), str(test_file)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HAEPO_PACKAGING_REPORT": str(report)},
     )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -37,8 +37,6 @@ def test_readme_block_runs(index):
     for lib in ("torch", "jax"):
         if f"import {lib}" in code:
             pytest.importorskip(lib)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip(), "each example prints its result"
