@@ -6,6 +6,7 @@ from typing import Any
 
 import array_api_compat
 
+from ._docs import fill_doc
 from ._inputs import entry_arguments, validate_logits, validate_packed, validate_padded
 from ._namespace import Array, compute_dtype, device_of, get_namespace, stop_gradient
 from ._objective import HAEPOOutput, HAEPOStats, Options, Primitives, kl_steps, objective
@@ -30,18 +31,9 @@ def _finish(
     xp = P.xp
     gidx, num = group_index(xp, group_ids, L.shape[0], device_of(L))
     return objective(
-        P,
-        L=L,
-        n_k=n_k,
-        returns=returns,
-        index=gidx,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=xp.sum(n_k),
-        opts=opts,
-        out_dtype=out_dtype,
-    )
+        P, L=L, n_k=n_k, returns=returns, index=gidx, num=num, ent_sum=ent_sum, kl_sum=kl_sum,
+        n_steps=xp.sum(n_k), opts=opts, out_dtype=out_dtype,
+    )  # fmt: skip
 
 
 def _padded(
@@ -89,31 +81,17 @@ def _validated(args: dict[str, Any], validate: Any) -> tuple[Any, Any]:
     return xp, validate(xp, **arrays, options=options)
 
 
+@fill_doc
 def haepo_loss(
-    logp: Array,
-    returns: Array,
-    mask: Array | None = None,
-    *,
-    group_ids: Array | None = None,
-    entropy: Array | None = None,
-    ref_logp: Array | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-) -> HAEPOOutput:
+    logp: Array, returns: Array, mask: Array | None = None, *,
+    group_ids: Array | None = None, entropy: Array | None = None, ref_logp: Array | None = None,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on padded trajectories.
 
-    .. math::
-
-        L_k &= \sum_t m_{k,t} \log\pi_\theta(a_{k,t} \mid s_{k,t})
-            \quad(\div T_k \text{ if length\_normalize}) \\
-        w_k &= \operatorname{softmax}_{j \in g(k)}(L_j / \tau)_k \\
-        J_{PL} &= -\frac{1}{\#\text{groups}} \sum_g \sum_{k \in g} w_k \tilde R_k \\
-        \text{loss} &= J_{PL} - \lambda\, \overline{H} + \beta\, \overline{KL}
+    %(math)s
 
     with :math:`\tilde R` the per-group normalized returns (constants), :math:`\overline{H}` and
     :math:`\overline{KL}` token means over valid steps. The gradient flows through ``w``:
@@ -121,23 +99,8 @@ def haepo_loss(
     with :math:`\bar R_g = \sum_{j\in g} w_j \tilde R_j`.
 
     Args:
-      logp: ``[M, T]`` floating log-probs (log-densities for continuous actions) of the actions
-        taken; padding may hold anything, NaN and inf included.
-      returns: ``[M]`` real returns ``R_k`` (integers allowed).
-      mask: ``[M, T]`` bool (or 0/1) validity mask; ``None`` = all steps valid. Each trajectory
-        needs at least one valid step.
-      group_ids: ``[M]`` integer group labels (any values); ``None`` = one group of all ``M``.
-      entropy: ``[M, T]`` per-step policy entropy (required when ``entropy_coef > 0``).
-      ref_logp: ``[M, T]`` per-step log-probs under the frozen reference policy (a constant;
-        required when ``kl_coef > 0``).
-      entropy_coef: ``lambda >= 0``.
-      kl_coef: ``beta >= 0``.
-      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default, unbiased and >= 0).
-      normalize_returns: ``"zscore"`` (default, population std), ``"center"`` or ``"none"``.
-      temperature: ``tau > 0``; larger values flatten the weights.
-      length_normalize: divide each ``L_k`` by its number of valid steps before the softmax
-        (beyond the paper; guards against weight collapse on long horizons).
-      eps: ``> 0``, guards the std of the returns only.
+      %(padded)s
+      %(options)s
 
     Returns:
       :class:`HAEPOOutput`. Arrays are in the namespace, device and dtype of ``logp``;
@@ -165,22 +128,14 @@ def haepo_loss(
     return _padded(xp, x, valid, returns, group_ids, ent, None, ref_logp, opts, logp.dtype)
 
 
+@fill_doc
 def haepo_loss_packed(
-    logp: Array,
-    segment_ids: Array,
-    returns: Array,
-    *,
-    group_ids: Array | None = None,
-    entropy: Array | None = None,
-    ref_logp: Array | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-) -> HAEPOOutput:
+    logp: Array, segment_ids: Array, returns: Array, *,
+    group_ids: Array | None = None, entropy: Array | None = None, ref_logp: Array | None = None,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on packed, padding-free steps.
 
     Same objective as :func:`haepo_loss`, with
@@ -189,12 +144,8 @@ def haepo_loss_packed(
     contiguous or ordered.
 
     Args:
-      logp: ``[N]`` floating log-probs of every step of every trajectory.
-      segment_ids: ``[N]`` integer trajectory index of each step, in ``0..M-1``; every
-        trajectory needs at least one step.
-      returns: ``[M]`` real returns.
-      group_ids, entropy (``[N]``), ref_logp (``[N]``) and the keywords: as in
-        :func:`haepo_loss`.
+      %(packed)s
+      %(options)s
 
     Returns:
       :class:`HAEPOOutput`, as :func:`haepo_loss`. Under ``jax.jit`` ids out of range are not
@@ -220,23 +171,14 @@ def haepo_loss_packed(
     return _finish(P, L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype)
 
 
+@fill_doc
 def haepo_loss_from_logits(
-    logits: Array,
-    actions: Array,
-    returns: Array,
-    mask: Array | None = None,
-    *,
-    ref_logits: Array | None = None,
-    ref_logp: Array | None = None,
-    group_ids: Array | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-) -> HAEPOOutput:
+    logits: Array, actions: Array, returns: Array, mask: Array | None = None, *,
+    ref_logits: Array | None = None, ref_logp: Array | None = None, group_ids: Array | None = None,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from per-step logits of a categorical policy (reference version).
 
     Computes ``logp = log_softmax(logits)[actions]``, the exact per-step entropy, and the KL to
@@ -246,11 +188,9 @@ def haepo_loss_from_logits(
 
     Args:
       logits: ``[M, T, V]`` floating logits (``[M, T, A]`` for small discrete policies).
-      actions: ``[M, T]`` integer actions taken (padding may hold anything, e.g. -100).
-      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]``.
-      ref_logits: ``[M, T, V]`` reference logits for the exact KL, or
-      ref_logp: ``[M, T]`` reference log-probs for the estimator (give at most one).
-      keywords: as in :func:`haepo_loss`.
+      %(actions)s
+      %(ref_logits)s
+      %(options)s
 
     Returns:
       :class:`HAEPOOutput`; ``stats["entropy"]`` is always the exact mean entropy.

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from haepo_core.kit import HAEPOOutput, validate_hidden, validate_logits
+from haepo_core.kit import HAEPOOutput, fill_doc, validate_hidden, validate_logits
 
 from ._checks import check_chunk_size, traced, traced_value_checks
 from ._collectives import AxisName, vary
 from ._fused_linear import token_stats_from_hidden
-from ._loss import finish, kl_sum, start
+from ._loss import Call, kl_sum, start
 from ._vocab import token_stats_from_logits
 
 __all__ = ["default_chunk_size", "haepo_loss_from_hidden", "haepo_loss_from_logits"]
@@ -45,7 +45,10 @@ def default_chunk_size(vocab: int) -> int:
 _HIDDEN_CHUNK = 256
 
 
-def _traced_checks(traced_checks, valid, mask, actions, v, logits=()):
+def _traced_checks(
+    traced_checks: bool, valid: jax.Array, mask: Any, actions: jax.Array, v: int,
+    logits: tuple[Any, ...] = (),
+) -> None:  # fmt: skip
     traced_value_checks(
         traced_checks,
         counts=("mask", jnp.sum(valid.astype(jnp.int32), axis=1)),
@@ -55,50 +58,32 @@ def _traced_checks(traced_checks, valid, mask, actions, v, logits=()):
     )
 
 
-def _finish(lp, ent, kl, *, valid, ref_logp, returns, gidx, num, opts, axis_name, out_dtype):
+def _finish(
+    c: Call, lp: jax.Array, ent: jax.Array, kl: jax.Array | None, ref_logp: jax.Array | None
+) -> HAEPOOutput:
     """The objective from per-token ``[N]`` statistics (``kl`` ``None`` = estimate it from
     ``ref_logp``, or no KL without one)."""
+    valid = c.valid
     m, t = valid.shape
     x = jnp.where(valid, lp.reshape(m, t), 0)
     if kl is not None:
         kl = jnp.sum(jnp.where(valid, kl.reshape(m, t), 0))
     elif ref_logp is not None:
-        kl = kl_sum(x, ref_logp, valid, opts.kl_estimator)
-    return finish(
-        L=jnp.sum(x, axis=1),
-        n_k=jnp.sum(valid.astype(x.dtype), axis=1),
-        returns=returns,
-        gidx=gidx,
-        num=num,
-        ent_sum=jnp.sum(jnp.where(valid, ent.reshape(m, t), 0)),
-        kl_sum=kl,
-        opts=opts,
-        axis_name=axis_name,
-        out_dtype=out_dtype,
-    )
+        kl = kl_sum(x, ref_logp, valid, c.opts.kl_estimator)
+    ent_sum = jnp.sum(jnp.where(valid, ent.reshape(m, t), 0))
+    return c.finish(jnp.sum(x, axis=1), jnp.sum(valid.astype(x.dtype), axis=1), ent_sum, kl)
 
 
+@fill_doc
 def haepo_loss_from_logits(
-    logits: jax.Array,
-    actions: jax.Array,
-    returns: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    ref_logits: jax.Array | None = None,
-    ref_logp: jax.Array | None = None,
+    logits: jax.Array, actions: jax.Array, returns: jax.Array, mask: jax.Array | None = None, *,
+    ref_logits: jax.Array | None = None, ref_logp: jax.Array | None = None,
     group_ids: jax.Array | None = None,
-    entropy_coef: Any = 0.0,
-    kl_coef: Any = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: Any = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    chunk_size: int | None = None,
-    num_groups: int | None = None,
-    axis_name: AxisName = None,
-    traced_checks: bool = False,
-) -> HAEPOOutput:
+    entropy_coef: Any = 0.0, kl_coef: Any = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: Any = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8, chunk_size: int | None = None,
+    num_groups: int | None = None, axis_name: AxisName = None, traced_checks: bool = False,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from per-step logits, chunked over tokens.
 
     .. math::
@@ -120,14 +105,12 @@ def haepo_loss_from_logits(
         step needs at least one finite logit. Eagerly a violation is a ``ValueError`` naming
         the argument; under ``jit`` it gives a NaN loss (or a ``checkify`` error with
         ``traced_checks=True``).
-      actions: ``[M, T]`` integer actions (padding may hold anything, e.g. -100).
-      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]``: as in :func:`haepo_loss`.
-      ref_logits: ``[M, T, V]`` reference logits (a constant) for the exact KL, or
-      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (at most one of them).
+      %(actions)s
+      %(ref_logits)s
+      %(options)s
       chunk_size: static tokens per chunk; ``None`` = :func:`default_chunk_size` of ``V``
         (128 for ``V = 32000``).
-      other keywords: as in :func:`haepo_loss` (``num_groups``, ``axis_name``,
-        ``traced_checks`` included).
+      num_groups, axis_name, traced_checks: as in :func:`haepo_loss`.
 
     Returns:
       ``haepo_core.HAEPOOutput``; ``stats["entropy"]`` is the exact mean entropy. float16/
@@ -145,7 +128,7 @@ def haepo_loss_from_logits(
       1.3863
     """
     c = start(locals(), validate_logits)
-    valid, opts, gidx, num = c.valid, c.opts, c.gidx, c.num
+    valid = c.valid
     m, t, v = logits.shape
     chunk = default_chunk_size(v) if chunk_size is None else check_chunk_size(chunk_size)
     _traced_checks(
@@ -165,46 +148,21 @@ def haepo_loss_from_logits(
         ref2,
         chunk,
     )
-    return _finish(
-        lp,
-        ent,
-        None if ref_logits is None else kl,
-        valid=valid,
-        ref_logp=ref_logp,
-        returns=returns,
-        gidx=gidx,
-        num=num,
-        opts=opts,
-        axis_name=axis_name,
-        out_dtype=logits.dtype,
-    )
+    return _finish(c, lp, ent, None if ref_logits is None else kl, ref_logp)
 
 
+@fill_doc
 def haepo_loss_from_hidden(
-    hidden: jax.Array,
-    weight: jax.Array,
-    actions: jax.Array,
-    returns: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    bias: jax.Array | None = None,
-    ref_hidden: jax.Array | None = None,
-    ref_weight: jax.Array | None = None,
-    ref_bias: jax.Array | None = None,
-    ref_logp: jax.Array | None = None,
-    group_ids: jax.Array | None = None,
-    entropy_coef: Any = 0.0,
-    kl_coef: Any = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: Any = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    chunk_size: int | None = None,
-    num_groups: int | None = None,
-    axis_name: AxisName = None,
-    traced_checks: bool = False,
-) -> HAEPOOutput:
+    hidden: jax.Array, weight: jax.Array, actions: jax.Array, returns: jax.Array,
+    mask: jax.Array | None = None, *,
+    bias: jax.Array | None = None, ref_hidden: jax.Array | None = None,
+    ref_weight: jax.Array | None = None, ref_bias: jax.Array | None = None,
+    ref_logp: jax.Array | None = None, group_ids: jax.Array | None = None,
+    entropy_coef: Any = 0.0, kl_coef: Any = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: Any = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8, chunk_size: int | None = None,
+    num_groups: int | None = None, axis_name: AxisName = None, traced_checks: bool = False,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from hidden states and the LM head (fused linear + loss).
 
     The logits :math:`z_{k,t} = W h_{k,t} + b` are never materialized for all tokens nor for
@@ -229,16 +187,12 @@ def haepo_loss_from_hidden(
     differentiable), and second derivatives (``jax.hessian``, ``jvp`` of ``grad``) are exact.
 
     Args:
-      hidden: ``[M, T, H]`` floating hidden states (differentiable).
-      weight: ``[V, H]`` LM-head weight (differentiable); bias: ``[V]`` or ``None``.
-      actions: ``[M, T]`` integer tokens; returns ``[M]``; mask ``[M, T]``; group_ids ``[M]``.
-      ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), with
-        ref_weight: ``[V, H]`` and ref_bias: ``[V]``; when ``ref_weight`` is ``None`` the
-        policy's ``weight`` and ``bias`` are used (as constants; a given ``ref_bias`` replaces
-        the bias), and a ``ref_weight`` of its own has no bias unless ``ref_bias`` is given; or
-      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (not with ``ref_hidden``).
+      %(hidden)s
+      %(actions)s
+      %(ref_hidden)s
+      %(options)s
       chunk_size: static tokens per chunk; ``None`` = 256 (the vocabulary is tiled apart).
-      other keywords: as in :func:`haepo_loss`.
+      num_groups, axis_name, traced_checks: as in :func:`haepo_loss`.
 
     Returns:
       ``haepo_core.HAEPOOutput`` in the dtype of ``hidden`` (``weight`` and ``bias`` must
@@ -260,7 +214,7 @@ def haepo_loss_from_hidden(
       ((4, 3, 8), (16, 8))
     """
     c = start(locals(), validate_hidden)
-    valid, opts, gidx, num, check = c.valid, c.opts, c.gidx, c.num, c.hooks
+    valid, check = c.valid, c.hooks
     m, t, h = hidden.shape
     v = weight.shape[0]
     chunk = _HIDDEN_CHUNK if chunk_size is None else check_chunk_size(chunk_size)
@@ -294,16 +248,4 @@ def haepo_loss_from_hidden(
     )
     flat = (actions.reshape(m * t), valid.reshape(m * t))
     lp, ent, kl = token_stats_from_hidden(params, *flat, refs, chunk)
-    return _finish(
-        lp,
-        ent,
-        None if ref_hidden is None else kl,
-        valid=valid,
-        ref_logp=ref_logp,
-        returns=returns,
-        gidx=gidx,
-        num=num,
-        opts=opts,
-        axis_name=axis_name,
-        out_dtype=hidden.dtype,
-    )
+    return _finish(c, lp, ent, None if ref_hidden is None else kl, ref_logp)

@@ -19,6 +19,7 @@ from haepo_core.kit import (
     HAEPOOutput,
     Options,
     entry_arguments,
+    fill_doc,
     objective,
     validate_packed,
     validate_padded,
@@ -59,35 +60,6 @@ def group_index(
     return gidx, num
 
 
-def finish(
-    *,
-    L: jax.Array,
-    n_k: jax.Array,
-    returns: jax.Array,
-    gidx: jax.Array,
-    num: int,
-    ent_sum: jax.Array | None,
-    kl_sum: jax.Array | None,
-    opts: Options,
-    axis_name: AxisName,
-    out_dtype: Any,
-) -> HAEPOOutput:
-    """The core objective on JAX primitives from this device's per-trajectory sums."""
-    return objective(
-        JaxPrimitives(axis_name),
-        L=L,
-        n_k=n_k,
-        returns=returns,
-        index=gidx,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=jnp.sum(n_k),
-        opts=opts,
-        out_dtype=out_dtype,
-    )
-
-
 def kl_sum(x: jax.Array, ref_logp: jax.Array, valid: jax.Array | None, estimator: str):
     """Sum of the per-step KL estimate; ``ref_logp`` is a constant (0 at padding: x = ref = 0)."""
     ref = lax.stop_gradient(ref_logp)
@@ -114,18 +86,11 @@ class Call(NamedTuple):
         self, L: jax.Array, n_k: jax.Array, ent_sum: jax.Array | None, kl_sum: jax.Array | None
     ) -> HAEPOOutput:
         """The objective from the per-trajectory sums ``L``, ``n_k`` and the 0-d sums."""
-        return finish(
-            L=L,
-            n_k=n_k,
-            returns=self.returns,
-            gidx=self.gidx,
-            num=self.num,
-            ent_sum=ent_sum,
-            kl_sum=kl_sum,
-            opts=self.opts,
-            axis_name=self.axis_name,
+        return objective(
+            JaxPrimitives(self.axis_name), L=L, n_k=n_k, returns=self.returns, index=self.gidx,
+            num=self.num, ent_sum=ent_sum, kl_sum=kl_sum, n_steps=jnp.sum(n_k), opts=self.opts,
             out_dtype=self.out_dtype,
-        )
+        )  # fmt: skip
 
 
 def start(args: dict[str, Any], validate: Callable[..., Any]) -> Call:
@@ -145,34 +110,19 @@ def start(args: dict[str, Any], validate: Callable[..., Any]) -> Call:
     return Call(valid, opts, n_k, check, gidx, num, returns, axis_name, dtype)
 
 
+@fill_doc
 def haepo_loss(
-    logp: jax.Array,
-    returns: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    group_ids: jax.Array | None = None,
-    entropy: jax.Array | None = None,
+    logp: jax.Array, returns: jax.Array, mask: jax.Array | None = None, *,
+    group_ids: jax.Array | None = None, entropy: jax.Array | None = None,
     ref_logp: jax.Array | None = None,
-    entropy_coef: Any = 0.0,
-    kl_coef: Any = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: Any = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    num_groups: int | None = None,
-    axis_name: AxisName = None,
-    traced_checks: bool = False,
-) -> HAEPOOutput:
+    entropy_coef: Any = 0.0, kl_coef: Any = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: Any = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+    num_groups: int | None = None, axis_name: AxisName = None, traced_checks: bool = False,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on padded trajectories, for JAX arrays.
 
-    .. math::
-
-        L_k &= \sum_t m_{k,t} \log\pi_\theta(a_{k,t} \mid s_{k,t})
-            \quad(\div T_k \text{ if length\_normalize}) \\
-        w_k &= \operatorname{softmax}_{j \in g(k)}(L_j / \tau)_k \\
-        J_{PL} &= -\frac{1}{\#\text{groups}} \sum_g \sum_{k \in g} w_k \tilde R_k \\
-        \text{loss} &= J_{PL} - \lambda\, \overline{H} + \beta\, \overline{KL}
+    %(math)s
 
     Same objective, names, keywords and outputs as ``haepo_core.haepo_loss``. The policy term
     has a closed-form backward (``jax.custom_vjp``):
@@ -182,24 +132,9 @@ def haepo_loss(
     (``entropy_coef``, ``kl_coef``, ``temperature``) may be traced.
 
     Args:
-      logp: ``[M, T]`` floating log-probs (padding may hold anything); returns: ``[M]``;
-        mask: ``[M, T]``; entropy, ref_logp: ``[M, T]``; the option keywords: as in
-        ``haepo_core.haepo_loss``.
-      group_ids: ``[M]`` integer group labels; ``None`` = one group. Any labels when eager;
-        dense ids ``0..num_groups-1`` when ``num_groups`` is given.
-      num_groups: static number of group segments. The number of distinct labels is
-        data-dependent, so under ``jit``/``vmap`` pass it to get ``G`` segments (labels must be
-        ``0..num_groups-1``; unused ids are fine). Without it, eager calls count the labels and
-        traced calls use ``M`` segments (any labels, O(M log M)). Required with ``axis_name``.
-      axis_name: a ``shard_map``/``pmap`` axis name. Trajectories of one group may then live on
-        different devices (``group_ids`` are global ids): normalizers, return statistics and
-        token counts are reduced with ``lax.psum``/``pmax``, so ``loss`` and ``stats`` are the
-        global ones and the gradient of each device's rows is its slice of the single-device
-        gradient (under ``shard_map`` with its default ``check_vma=True``). ``weights``,
-        ``normalized_returns`` and ``log_likelihood`` are this device's rows.
-      traced_checks: also emit the value checks as ``jax.experimental.checkify`` checks when
-        the inputs are traced (wrap the caller in ``checkify.checkify``). Eager calls always
-        run the value checks and raise ``ValueError``.
+      %(padded)s
+      %(options)s
+      %(jax_keywords)s
 
     Returns:
       ``haepo_core.HAEPOOutput`` (a pytree). Computation runs in float32 for
@@ -237,42 +172,30 @@ def haepo_loss(
     )
 
 
+@fill_doc
 def haepo_loss_packed(
-    logp: jax.Array,
-    segment_ids: jax.Array,
-    returns: jax.Array,
-    *,
-    group_ids: jax.Array | None = None,
-    entropy: jax.Array | None = None,
+    logp: jax.Array, segment_ids: jax.Array, returns: jax.Array, *,
+    group_ids: jax.Array | None = None, entropy: jax.Array | None = None,
     ref_logp: jax.Array | None = None,
-    entropy_coef: Any = 0.0,
-    kl_coef: Any = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: Any = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    num_groups: int | None = None,
-    axis_name: AxisName = None,
-    traced_checks: bool = False,
-) -> HAEPOOutput:
+    entropy_coef: Any = 0.0, kl_coef: Any = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: Any = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+    num_groups: int | None = None, axis_name: AxisName = None, traced_checks: bool = False,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on packed, padding-free steps, for JAX arrays.
 
     Same objective as :func:`haepo_loss` with
     :math:`L_k = \sum_{i : \text{segment\_ids}_i = k} \text{logp}_i`, computed with
     ``jax.ops.segment_sum`` over the static ``num_segments = M = returns.shape[0]``: the cost
     grows with the number of steps ``N``, not ``M * max(T_k)``. Steps of one trajectory need not
-    be contiguous or ordered.
+    be contiguous or ordered. Under ``jit`` out-of-range ``segment_ids`` are dropped by the
+    segment sums (check them eagerly, or with ``traced_checks=True``).
 
     Args:
-      logp: ``[N]`` floating log-probs of every step.
-      segment_ids: ``[N]`` integer trajectory of each step, in ``0..M-1``; every trajectory
-        needs a step. Under ``jit`` out-of-range ids are dropped by the segment sums (check
-        them eagerly, or with ``traced_checks=True``).
-      returns: ``[M]`` real returns.
-      group_ids, entropy (``[N]``), ref_logp (``[N]``), coefficients, ``num_groups``,
-        ``axis_name`` (each trajectory's steps on the device holding its ``returns`` row),
-        ``traced_checks``: as in :func:`haepo_loss`.
+      %(packed)s
+      %(options)s
+      num_groups, axis_name (each trajectory's steps on the device holding its ``returns``
+        row), traced_checks: as in :func:`haepo_loss`.
 
     Returns:
       ``haepo_core.HAEPOOutput``, as :func:`haepo_loss`.

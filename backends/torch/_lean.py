@@ -14,7 +14,14 @@ from typing import Any, NamedTuple
 import torch
 
 from haepo_core import HAEPOOutput
-from haepo_core.kit import CheckHooks, Options, compute_dtype, validate_hidden, validate_logits
+from haepo_core.kit import (
+    CheckHooks,
+    Options,
+    compute_dtype,
+    fill_doc,
+    validate_hidden,
+    validate_logits,
+)
 
 from ._checks import is_concrete, validated, xp
 from ._fused_linear import attach_gradients, fused_linear_values, grad_walk, policy_logp
@@ -107,26 +114,17 @@ def _start(args: dict[str, Any], validate: Callable[..., Any]) -> _Walk:
     return _Walk(opts, kind, chunk, compute_dtype(xp, x.dtype), walk, acts, finish)
 
 
+@fill_doc
 def haepo_loss_from_logits(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    ref_logits: torch.Tensor | None = None,
-    ref_logp: torch.Tensor | None = None,
+    logits: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor,
+    mask: torch.Tensor | None = None, *,
+    ref_logits: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
     group_ids: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    chunk_size: int | None = None,
-    process_group: Any = None,
-    kernel: str = "auto",
-) -> HAEPOOutput:
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+    chunk_size: int | None = None, process_group: Any = None, kernel: str = "auto",
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from per-step logits of a categorical policy, chunked over tokens.
 
     .. math::
@@ -144,18 +142,11 @@ def haepo_loss_from_logits(
     Args:
       logits: ``[M, T, V]`` float16/bfloat16/float32/float64 (``[M, T, A]`` for small
         discrete policies); ``-inf`` entries (masked vocabulary) are allowed.
-      actions: ``[M, T]`` integer actions (padding may hold anything, e.g. -100).
-      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]``.
-      ref_logits: ``[M, T, V]`` reference logits for the exact KL (a constant), or
-      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (give at most one).
-      entropy_coef, kl_coef, kl_estimator, normalize_returns, temperature, length_normalize,
-        eps, process_group: as in :func:`haepo_loss`.
-      chunk_size: rows per chunk; ``None`` picks :func:`default_chunk_size` for the device
-        (about 8 MiB blocks on CPU, 128 MiB on CUDA).
-      kernel: who computes each chunk's statistics and logits gradient: ``"torch"`` (torch
-        ops), ``"triton"`` (the Triton kernels of ``_triton.py``; a ValueError when triton
-        is not importable or the tensors are not on CUDA, unless ``TRITON_INTERPRET=1``), or
-        ``"auto"`` (default: Triton for CUDA tensors when triton is importable, else torch).
+      %(actions)s
+      %(ref_logits)s
+      %(options)s
+      process_group: as in :func:`haepo_loss`.
+      %(torch_chunks)s
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``logits``' dtype. Eager only (the walk over valid
@@ -185,30 +176,18 @@ def haepo_loss_from_logits(
     return c.finish(logp_r, *_sums(ent_r, kl_r, ref_logits is not None, c.opts))
 
 
+@fill_doc
 def haepo_loss_from_hidden(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    actions: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    bias: torch.Tensor | None = None,
-    ref_hidden: torch.Tensor | None = None,
-    ref_weight: torch.Tensor | None = None,
-    ref_bias: torch.Tensor | None = None,
-    ref_logp: torch.Tensor | None = None,
-    group_ids: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    chunk_size: int | None = None,
-    process_group: Any = None,
-    kernel: str = "auto",
-) -> HAEPOOutput:
+    hidden: torch.Tensor, weight: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor,
+    mask: torch.Tensor | None = None, *,
+    bias: torch.Tensor | None = None, ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None, ref_bias: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None, group_ids: torch.Tensor | None = None,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8,
+    chunk_size: int | None = None, process_group: Any = None, kernel: str = "auto",
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from last hidden states and the LM head (fused linear, chunked).
 
     Same as :func:`haepo_loss_from_logits` on ``logits = hidden @ weight.T + bias``, but the
@@ -224,19 +203,12 @@ def haepo_loss_from_hidden(
     log-probs, re-projected only if they are differentiated).
 
     Args:
-      hidden: ``[M, T, H]`` float hidden states (the matmul runs in their dtype; reductions
-        in float32 at least).
-      weight: ``[V, H]`` LM-head weight; bias: ``[V]`` or ``None``.
-      actions: ``[M, T]`` integer tokens taken; returns: ``[M]``; mask: ``[M, T]``.
-      ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), projected
-        by ``ref_weight`` ``[V, H]`` / ``ref_bias`` ``[V]``; when ``ref_weight`` is ``None``
-        the policy's ``weight`` and ``bias`` are used (detached; a given ``ref_bias``
-        replaces the bias). Or
-      ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (give at most one).
-      group_ids, coefficients, chunk_size, process_group, kernel: as in
-        :func:`haepo_loss_from_logits`. ``weight`` and ``bias`` must have ``hidden``'s dtype
-        (a TypeError naming both otherwise: the projection runs in that dtype, and a silent
-        promotion would change the memory and speed chosen).
+      %(hidden)s
+      %(actions)s
+      %(ref_hidden)s
+      %(options)s
+      process_group: as in :func:`haepo_loss`.
+      %(torch_chunks)s
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``hidden``'s dtype; gradients reach ``hidden``,

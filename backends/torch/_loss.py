@@ -9,7 +9,14 @@ from typing import Any
 import torch
 
 from haepo_core import HAEPOOutput
-from haepo_core.kit import Options, compute_dtype, objective, validate_packed, validate_padded
+from haepo_core.kit import (
+    Options,
+    compute_dtype,
+    fill_doc,
+    objective,
+    validate_packed,
+    validate_padded,
+)
 
 from ._checks import check_deferred, is_concrete, validated, xp
 from ._collectives import global_group_index
@@ -37,18 +44,9 @@ def finish(
     else:
         index, num = dense_group_index(group_ids, m, L.device)
     return objective(
-        TorchPrimitives(process_group),
-        L=L,
-        n_k=n_k,
-        returns=returns,
-        index=index,
-        num=num,
-        ent_sum=ent_sum,
-        kl_sum=kl_sum,
-        n_steps=n_k.sum(),
-        opts=opts,
-        out_dtype=out_dtype,
-    )
+        TorchPrimitives(process_group), L=L, n_k=n_k, returns=returns, index=index, num=num,
+        ent_sum=ent_sum, kl_sum=kl_sum, n_steps=n_k.sum(), opts=opts, out_dtype=out_dtype,
+    )  # fmt: skip
 
 
 def sanitize(x: torch.Tensor, valid: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
@@ -83,31 +81,18 @@ def _step_counts(segment_ids: torch.Tensor, m: int, like: torch.Tensor) -> torch
         ) from None
 
 
+@fill_doc
 def haepo_loss(
-    logp: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    group_ids: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
+    logp: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None, *,
+    group_ids: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    process_group: Any = None,
-) -> HAEPOOutput:
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8, process_group: Any = None,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on padded trajectories (torch; closed-form policy backward).
 
-    .. math::
-
-        L_k &= \sum_t m_{k,t}\,\text{logp}_{k,t} \quad(\div T_k \text{ if length\_normalize}),
-        \qquad w_k = \operatorname{softmax}_{j \in g(k)}(L_j / \tau)_k \\
-        \text{loss} &= -\frac{1}{\#\text{groups}} \sum_g \sum_{k \in g} w_k \tilde R_k
-            - \lambda\, \overline{H} + \beta\, \overline{KL}
+    %(math)s
 
     Same arguments, keywords, outputs and errors as :func:`haepo_core.haepo_loss`; the
     gradient of the policy term is computed in closed form,
@@ -117,13 +102,9 @@ def haepo_loss(
     eagerly first).
 
     Args:
-      logp: ``[M, T]`` float16/bfloat16/float32/float64 log-probs (padding may hold anything).
-      returns: ``[M]``; mask: ``[M, T]``; group_ids: ``[M]`` (global labels with
-        ``process_group``); entropy, ref_logp: ``[M, T]``; the option keywords: as in the core.
-      process_group: a ``torch.distributed`` group over which groups are spread: the softmax
-        normalizers, return statistics and token counts are reduced across its ranks; every
-        rank returns the global loss and receives ``world_size x`` its slice of the gradient
-        (the DDP/FSDP averaging convention). ``None`` = single process.
+      %(padded)s
+      %(options)s
+      %(process_group)s
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``logp``'s dtype and device; reductions run in
@@ -153,23 +134,15 @@ def haepo_loss(
     return finish(L, n_k, returns, group_ids, ent_sum, kl_sum, opts, logp.dtype, process_group)
 
 
+@fill_doc
 def haepo_loss_packed(
-    logp: torch.Tensor,
-    segment_ids: torch.Tensor,
-    returns: torch.Tensor,
-    *,
-    group_ids: torch.Tensor | None = None,
-    entropy: torch.Tensor | None = None,
+    logp: torch.Tensor, segment_ids: torch.Tensor, returns: torch.Tensor, *,
+    group_ids: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    eps: float = 1e-8,
-    process_group: Any = None,
-) -> HAEPOOutput:
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = False, eps: float = 1e-8, process_group: Any = None,
+) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss on packed, padding-free steps (torch; closed-form policy backward).
 
     Same objective as :func:`haepo_loss` with
@@ -178,11 +151,10 @@ def haepo_loss_packed(
     not with ``M * max(T_k)``. Steps of one trajectory need not be contiguous.
 
     Args:
-      logp: ``[N]`` floating log-probs of every step.
-      segment_ids: ``[N]`` integer trajectory index in ``0..M-1`` (every trajectory needs one
-        step; with ``process_group``, local indices into this rank's ``returns``).
-      returns: ``[M]``; group_ids: ``[M]``; entropy, ref_logp: ``[N]``; keywords and
-        ``process_group``: as in :func:`haepo_loss`.
+      %(packed)s
+      %(options)s
+      process_group: as in :func:`haepo_loss`; ``segment_ids`` are then local indices into
+        this rank's ``returns``.
 
     Returns:
       :class:`haepo_core.HAEPOOutput` in ``logp``'s dtype.
