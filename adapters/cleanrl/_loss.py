@@ -22,17 +22,11 @@ LAYOUTS = ("packed", "padded")
 
 
 def haepo_trajectory_loss(
-    traj: Trajectories,
-    terms: StepTerms,
-    *,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    normalize_returns: str = "zscore",
-    group_ids: Array | None = None,
-    layout: str = "packed",
-) -> HAEPOOutput:
+    traj: Trajectories, terms: StepTerms, *,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, temperature: float = 1.0,
+    length_normalize: bool = False, normalize_returns: str = "zscore",
+    group_ids: Array | None = None, layout: str = "packed",
+) -> HAEPOOutput:  # fmt: skip
     r"""HAEPO loss of a batch of trajectories, with the exact KL to the frozen reference.
 
     .. math::
@@ -94,14 +88,7 @@ def haepo_trajectory_loss(
     xp = array_api_compat.array_namespace(terms.logp)
     if terms.kl is not None:
         _check_finite_kl(xp, terms.kl, None)
-    kw = dict(
-        group_ids=group_ids,
-        entropy=terms.entropy,
-        entropy_coef=entropy_coef,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        normalize_returns=normalize_returns,
-    )
+    kw = _core_keywords(locals())
     if layout == "packed":
         out = haepo_loss_packed(terms.logp, traj.segment_ids, traj.returns, **kw)
     else:
@@ -110,24 +97,15 @@ def haepo_trajectory_loss(
         out = haepo_loss(traj.pad(terms.logp), traj.returns, traj.mask, **kw)
     if terms.kl is None:
         return out
-    kl = xp.mean(xp.astype(terms.kl, out.loss.dtype))
-    stats = dict(out.stats)
-    stats["kl"] = stop_gradient(kl)
-    return out._replace(loss=out.loss + kl_coef * kl, stats=stats)
+    return _with_kl(out, xp.mean(xp.astype(terms.kl, out.loss.dtype)), kl_coef)
 
 
 def haepo_padded_loss(
-    terms: StepTerms,
-    returns: Array,
-    mask: Array,
-    *,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    temperature: float = 1.0,
-    length_normalize: bool = False,
-    normalize_returns: str = "zscore",
+    terms: StepTerms, returns: Array, mask: Array, *,
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, temperature: float = 1.0,
+    length_normalize: bool = False, normalize_returns: str = "zscore",
     group_ids: Array | None = None,
-) -> HAEPOOutput:
+) -> HAEPOOutput:  # fmt: skip
     r"""HAEPO loss on fixed-shape padded per-step terms (for ``jax.jit`` / ``torch.compile``).
 
     The same objective as :func:`haepo_trajectory_loss`, on ``[M, T]`` arrays: the policy term
@@ -161,17 +139,7 @@ def haepo_padded_loss(
     if not isinstance(terms, StepTerms):
         raise TypeError(f"terms: expected StepTerms, got {type(terms).__name__}")
     _check_kl(terms, kl_coef)
-    out = haepo_loss(
-        terms.logp,
-        returns,
-        mask,
-        group_ids=group_ids,
-        entropy=terms.entropy,
-        entropy_coef=entropy_coef,
-        temperature=temperature,
-        length_normalize=length_normalize,
-        normalize_returns=normalize_returns,
-    )
+    out = haepo_loss(terms.logp, returns, mask, **_core_keywords(locals()))
     if terms.kl is None:
         return out
     if tuple(terms.kl.shape) != tuple(mask.shape):
@@ -183,7 +151,28 @@ def haepo_padded_loss(
     _check_finite_kl(xp, terms.kl, valid)  # padding may hold anything
     kl_steps = xp.astype(terms.kl, out.loss.dtype)
     kl_steps = xp.where(valid, kl_steps, xp.zeros_like(kl_steps))  # padding never leaks
-    kl = xp.sum(kl_steps) / xp.sum(xp.astype(valid, out.loss.dtype))
+    return _with_kl(out, xp.sum(kl_steps) / xp.sum(xp.astype(valid, out.loss.dtype)), kl_coef)
+
+
+#: The keywords both entry points hand to the core unchanged.
+_CORE_KEYWORDS = (
+    "group_ids",
+    "entropy_coef",
+    "temperature",
+    "length_normalize",
+    "normalize_returns",
+)
+
+
+def _core_keywords(args: dict[str, Any]) -> dict[str, Any]:
+    """The core's keywords from an entry point's ``locals()``: its options and the entropy."""
+    kw = {k: args[k] for k in _CORE_KEYWORDS}
+    kw["entropy"] = args["terms"].entropy
+    return kw
+
+
+def _with_kl(out: HAEPOOutput, kl: Array, kl_coef: Any) -> HAEPOOutput:
+    """The core's output plus ``kl_coef`` times the exact mean KL ``kl`` (0-d)."""
     stats = dict(out.stats)
     stats["kl"] = stop_gradient(kl)
     return out._replace(loss=out.loss + kl_coef * kl, stats=stats)

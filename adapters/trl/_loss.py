@@ -15,7 +15,7 @@ import torch
 from haepo_backends.torch import haepo_loss
 
 from haepo_core import HAEPOOutput, HAEPOStats
-from haepo_core.kit import Options
+from haepo_core.kit import Options, fill_doc
 
 __all__ = ["haepo_loss_from_token_logps"]
 
@@ -110,23 +110,16 @@ def haepo_step_loss(
     )
 
 
+@fill_doc
 def haepo_loss_from_token_logps(
-    per_token_logps: torch.Tensor,
-    completion_mask: torch.Tensor,
-    rewards: torch.Tensor | Sequence[float],
-    num_generations: int,
-    *,
-    entropies: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
+    per_token_logps: torch.Tensor, completion_mask: torch.Tensor,
+    rewards: torch.Tensor | Sequence[float], num_generations: int, *,
+    entropies: torch.Tensor | None = None, ref_per_token_logps: torch.Tensor | None = None,
     tool_mask: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    normalize_returns: str = "zscore",
-    temperature: float = 1.0,
-    length_normalize: bool = True,
-    eps: float = 1e-8,
-) -> HAEPOOutput:
+    entropy_coef: float = 0.0, kl_coef: float = 0.0, kl_estimator: str = "k3",
+    normalize_returns: str = "zscore", temperature: float = 1.0,
+    length_normalize: bool = True, eps: float = 1e-8,
+) -> HAEPOOutput:  # fmt: skip
     r"""HAEPO loss of a TRL-style batch whose ``num_generations`` consecutive rows share a prompt.
 
     Row ``b`` belongs to group ``g = b // G`` (``G = num_generations``), the layout TRL's
@@ -167,11 +160,7 @@ def haepo_loss_from_token_logps(
         ``kl_coef > 0``; treated as a constant).
       tool_mask: ``[B, T]`` optional mask of the tokens the policy generated (TRL's
         ``tool_mask``: 0 on tool outputs); multiplied into ``completion_mask``.
-      entropy_coef: ``lambda >= 0``.
-      kl_coef: ``beta >= 0``.
-      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default).
-      normalize_returns: ``"zscore"`` (default), ``"center"`` or ``"none"``.
-      temperature: ``tau > 0`` of the softmax over ``L``.
+      %(coefficients)s
       length_normalize: divide each ``L_b`` by its token count (default ``True``: sums of
         log-probs of long completions differ by many nats and collapse the softmax onto one
         completion; see docs/trl.md for the measurement).
