@@ -55,6 +55,17 @@ DOCS: dict[str, str] = {
             \text{loss} &= J_{PL} - \lambda\, \overline{H} + \beta\, \overline{KL}
         """
     ),
+    # haepo_loss_from_logits: the per-step terms of a categorical policy.
+    "logits_math": _s(
+        r"""
+        .. math::
+
+            \log\pi_{k,t} &= \operatorname{log\_softmax}(z_{k,t})[a_{k,t}], \quad
+            H_{k,t} = -\textstyle\sum_a \pi(a)\log\pi(a), \\
+            KL_{k,t} &= \textstyle\sum_a \pi(a)\,(\log\pi(a) - \log\pi_{ref}(a))
+            \ \text{(from ref\_logits) or } k_{1,2,3}(\text{ref\_logp} - \log\pi),
+        """
+    ),
     # haepo_loss: the padded layout.
     "padded": _s(
         r"""

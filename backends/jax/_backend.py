@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: What ``grad`` and ``hvp`` differentiate: a loss from a dict of arguments.
+LossCall = Callable[[dict[str, Any]], Any]
+
 __all__ = ["JaxBackend", "backend"]
 
 _MODES = ("eager", "jit", "jit_num_groups", "chunked", "sharded")
@@ -124,17 +127,13 @@ class JaxBackend:
 
     # -- the autodiff primitive -----------------------------------------------------------
     def grad(
-        self, fn: Callable[[dict[str, Any]], Any], args: Mapping[str, Any], wrt: Sequence[str]
+        self, fn: LossCall, args: Mapping[str, Any], wrt: Sequence[str]
     ) -> tuple[Any, dict[str, Any]]:
         diff, rest = _split(args, wrt)
         return jax.value_and_grad(lambda d: fn({**rest, **d}))(diff)
 
     def hvp(
-        self,
-        fn: Callable[[dict[str, Any]], Any],
-        args: Mapping[str, Any],
-        wrt: Sequence[str],
-        vectors: Mapping[str, Any],
+        self, fn: LossCall, args: Mapping[str, Any], wrt: Sequence[str], vectors: Mapping[str, Any]
     ) -> dict[str, Any]:
         diff, rest = _split(args, wrt)
         g = jax.grad(lambda d: fn({**rest, **d}))

@@ -68,12 +68,13 @@ def _checkify():
     return checkify
 
 
+def _check_none(bad: jax.Array, message: str) -> None:
+    """A ``checkify`` check that no entry of ``bad`` is set; ``{n}`` in ``message`` counts them."""
+    _checkify().check(~jnp.any(bad), message, n=jnp.sum(bad.astype(jnp.int32)))
+
+
 def _finite_check(name: str, bad: jax.Array) -> None:
-    _checkify().check(
-        ~jnp.any(bad),
-        f"{name}: expected finite values at valid positions, got {{count}} NaN/inf",
-        count=jnp.sum(bad.astype(jnp.int32)),
-    )
+    _check_none(bad, f"{name}: expected finite values at valid positions, got {{n}} NaN/inf")
 
 
 def hooks(traced_checks: bool) -> CheckHooks:
@@ -110,18 +111,15 @@ def traced_value_checks(
     """
     if not traced_checks:
         return
-    check = _checkify().check
     if counts is not None and traced(counts[1]):
         what, n_k = counts
-        empty = n_k == 0
-        check(
-            ~jnp.any(empty),
+        _check_none(
+            n_k == 0,
             f"{what}: expected every trajectory to have at least one valid step, got {{n}} "
             "empty trajectories",
-            n=jnp.sum(empty.astype(jnp.int32)),
         )
     if mask is not None and mask.dtype != jnp.bool_ and traced(mask):
-        check(
+        _checkify().check(
             jnp.all((mask == 0) | (mask == 1)),
             "mask: a numeric mask must hold only 0 and 1, got other values",
         )
@@ -131,22 +129,18 @@ def traced_value_checks(
         bad = (x < 0) | (x >= hi)
         if valid is not None:
             bad = bad & valid
-        check(
-            ~jnp.any(bad),
-            f"{name}: expected values in 0..{what} = 0..{hi - 1}, got {{n}} values outside",
-            n=jnp.sum(bad.astype(jnp.int32)),
+        _check_none(
+            bad, f"{name}: expected values in 0..{what} = 0..{hi - 1}, got {{n}} values outside"
         )
     for name, x, valid in logits:
         if x is None or not traced(x, valid):
             continue
         peak = jnp.max(x, axis=-1)
         _finite_check(name, (jnp.isnan(peak) | (peak == jnp.inf)) & valid)
-        dead = (peak == -jnp.inf) & valid
-        check(
-            ~jnp.any(dead),
+        _check_none(
+            (peak == -jnp.inf) & valid,
             f"{name}: expected at least one finite logit at every valid step, got {{n}} valid "
             "steps whose logits are all -inf",
-            n=jnp.sum(dead.astype(jnp.int32)),
         )
 
 

@@ -251,12 +251,9 @@ def _cast_like(grads, params):
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def token_stats_from_hidden(
-    params: tuple[jax.Array, jax.Array, jax.Array | None],
-    actions: jax.Array,
-    valid: jax.Array,
-    refs: tuple[jax.Array, jax.Array | None, jax.Array | None] | None,
-    chunk: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    params: tuple[jax.Array, jax.Array, jax.Array | None], actions: jax.Array, valid: jax.Array,
+    refs: tuple[jax.Array, jax.Array | None, jax.Array | None] | None, chunk: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
     """``(logp, entropy, kl)`` ``[N]`` from ``params = (hidden [N, H], weight [V, H], bias)``.
 
     ``refs = (ref_hidden [N, H], ref_weight [V, H], ref_bias)`` (constants) or ``None``;

@@ -44,6 +44,9 @@ def default_chunk_size(vocab: int) -> int:
 # 128/256/512/1024 (1000-column tiles) and leaves about 8 MB of compiled temporaries.
 _HIDDEN_CHUNK = 256
 
+#: The arrays of the LM heads, whose finite checks the traced path emits.
+_HEAD_ARGS = ("hidden", "weight", "bias", "ref_hidden", "ref_weight", "ref_bias")
+
 
 def _traced_checks(
     traced_checks: bool, valid: jax.Array, mask: Any, actions: jax.Array, v: int,
@@ -86,12 +89,7 @@ def haepo_loss_from_logits(
 ) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from per-step logits, chunked over tokens.
 
-    .. math::
-
-        \log\pi_{k,t} &= \operatorname{log\_softmax}(z_{k,t})[a_{k,t}], \quad
-        H_{k,t} = -\textstyle\sum_a \pi(a)\log\pi(a), \\
-        KL_{k,t} &= \textstyle\sum_a \pi(a)\,(\log\pi(a) - \log\pi_{ref}(a))
-        \ \text{(from ref\_logits) or } k_{1,2,3}(\text{ref\_logp} - \log\pi),
+    %(logits_math)s
 
     then the objective of :func:`haepo_loss` (``loss = J_PL - lambda H + beta KL``). The
     ``M * T`` tokens are walked ``chunk_size`` at a time with a closed-form ``custom_vjp``: at
@@ -219,15 +217,9 @@ def haepo_loss_from_hidden(
     v = weight.shape[0]
     chunk = _HIDDEN_CHUNK if chunk_size is None else check_chunk_size(chunk_size)
     _traced_checks(traced_checks, valid, mask, actions, v)
-    for name, arr, where in (
-        ("hidden", hidden, valid[:, :, None]),
-        ("weight", weight, None),
-        ("bias", bias, None),
-        ("ref_hidden", ref_hidden, valid[:, :, None]),
-        ("ref_weight", ref_weight, None),
-        ("ref_bias", ref_bias, None),
-    ):
+    for name, arr in zip(_HEAD_ARGS, (hidden, weight, bias, ref_hidden, ref_weight, ref_bias)):
         if arr is not None and traced(arr):  # readable ones were checked by the core
+            where = valid[:, :, None] if name.endswith("hidden") else None  # only at valid steps
             check.check_finite(jnp, name, arr, where)
 
     refs = None

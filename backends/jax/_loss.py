@@ -44,23 +44,7 @@ def sanitize(x: jax.Array, valid: jax.Array, cdt: Any) -> jax.Array:
     return jnp.where(valid, x, jnp.zeros((), x.dtype)).astype(cdt)
 
 
-def group_index(
-    group_ids: jax.Array | None,
-    m: int,
-    num_groups: int | None,
-    axis_name: AxisName,
-    traced_checks: bool,
-) -> tuple[jax.Array, int]:
-    """The dense group index and its static number of segments (see :mod:`._segments`)."""
-    gidx, num = dense_group_ids(group_ids, m, num_groups, axis_name)
-    if group_ids is not None and num_groups is not None:
-        traced_value_checks(
-            traced_checks, ids=(("group_ids", group_ids, num, "num_groups-1", None),)
-        )
-    return gidx, num
-
-
-def kl_sum(x: jax.Array, ref_logp: jax.Array, valid: jax.Array | None, estimator: str):
+def kl_sum(x: jax.Array, ref_logp: jax.Array, valid: jax.Array | None, estimator: str) -> jax.Array:
     """Sum of the per-step KL estimate; ``ref_logp`` is a constant (0 at padding: x = ref = 0)."""
     ref = lax.stop_gradient(ref_logp)
     ref = ref.astype(x.dtype) if valid is None else sanitize(ref, valid, x.dtype)
@@ -96,7 +80,7 @@ class Call(NamedTuple):
 def start(args: dict[str, Any], validate: Callable[..., Any]) -> Call:
     """Check an entry point's arguments (``args``: its ``locals()`` on entry): JAX arrays,
     the static ``traced_checks``, then the core's ``validate`` (a ``validate_*`` function)
-    with the JAX hooks; and build the group index."""
+    with the JAX hooks; and build the dense group index."""
     arrays, options = entry_arguments(args, _STATIC)
     require_jax(**arrays)
     traced_checks = check_bool("traced_checks", args["traced_checks"])
@@ -104,8 +88,12 @@ def start(args: dict[str, Any], validate: Callable[..., Any]) -> Call:
     out = validate(jnp, **arrays, options=options, hooks=check)
     (valid, opts, _), n_k = out if validate is validate_packed else (out, None)
     returns, axis_name = args["returns"], args["axis_name"]
-    m = returns.shape[0]
-    gidx, num = group_index(args["group_ids"], m, args["num_groups"], axis_name, traced_checks)
+    group_ids, num_groups = args["group_ids"], args["num_groups"]
+    # The dense group index and its static number of segments (see :mod:`._segments`).
+    gidx, num = dense_group_ids(group_ids, returns.shape[0], num_groups, axis_name)
+    if group_ids is not None and num_groups is not None:
+        ids = (("group_ids", group_ids, num, "num_groups-1", None),)
+        traced_value_checks(traced_checks, ids=ids)
     dtype = next(iter(arrays.values())).dtype  # the first argument's: logp, logits or hidden
     return Call(valid, opts, n_k, check, gidx, num, returns, axis_name, dtype)
 

@@ -16,6 +16,9 @@ from typing import Any
 import array_api_compat.torch as xp_torch
 import torch
 
+#: What ``grad`` and ``hvp`` differentiate: a loss from a dict of arguments.
+LossCall = Callable[[dict[str, Any]], Any]
+
 __all__ = ["TorchBackend", "backend"]
 
 _LEAN = ("haepo_loss_from_logits", "haepo_loss_from_hidden")
@@ -76,7 +79,7 @@ class TorchBackend:
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
     def grad(
-        self, fn: Callable[[dict[str, Any]], Any], args: Mapping[str, Any], wrt: Sequence[str]
+        self, fn: LossCall, args: Mapping[str, Any], wrt: Sequence[str]
     ) -> tuple[Any, dict[str, Any]]:
         a, leaves = _leaves(args, wrt)
         loss = fn(a)
@@ -84,11 +87,7 @@ class TorchBackend:
         return loss.detach(), _zeros_for_none(wrt, leaves, grads)
 
     def hvp(
-        self,
-        fn: Callable[[dict[str, Any]], Any],
-        args: Mapping[str, Any],
-        wrt: Sequence[str],
-        vectors: Mapping[str, Any],
+        self, fn: LossCall, args: Mapping[str, Any], wrt: Sequence[str], vectors: Mapping[str, Any]
     ) -> dict[str, Any]:
         a, leaves = _leaves(args, wrt)
         grads = torch.autograd.grad(fn(a), leaves, create_graph=True, allow_unused=True)

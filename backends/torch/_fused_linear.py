@@ -57,13 +57,9 @@ class _Workspace:
         self.blocks = [torch.empty(chunk, vocab, dtype=cdt, device=dev) for _ in range(n_blocks)]
 
     def project(
-        self,
-        i: int,
-        h: torch.Tensor,
-        w: torch.Tensor,
-        b: torch.Tensor | None,
+        self, i: int, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
         shift: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor:  # fmt: skip
         """``h @ w.T + b - shift[:, None]``. The row shift (pass 2's log-sum-exp) rides in the
         GEMM's accumulator, initialized with ``b - shift``: the bias had to be written there
         anyway, so subtracting the normalizer costs no extra pass over the block."""
@@ -88,16 +84,11 @@ class _Workspace:
 
 
 def fused_linear_values(
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
-    rows: torch.Tensor | None,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
+    hidden2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None, rows: torch.Tensor | None,
+    acts: torch.Tensor, chunk: int, cdt: torch.dtype,
     forward_block: Callable[..., Any] = _forward_block,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(logp_a, entropy, kl)`` ``[n]`` with no gradient: one walk, each chunk projected once
     per head (used when nothing needs a gradient)."""
     src = lambda s, e: _linear(_pick(hidden2d, rows, s, e), weight, bias).to(cdt)
@@ -111,21 +102,12 @@ def fused_linear_values(
 
 
 def grad_walk(
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
-    rows: torch.Tensor | None,
-    acts: torch.Tensor,
-    lse: torch.Tensor,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    chunk: int,
-    need: tuple[bool, bool, bool],
-    values: bool,
+    hidden2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None, rows: torch.Tensor | None,
+    acts: torch.Tensor, lse: torch.Tensor, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None,
+    g_kl: torch.Tensor | None, chunk: int, need: tuple[bool, bool, bool], values: bool,
     kind: str = "torch",
-) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[torch.Tensor | None]]:  # fmt: skip
     """Pass 2: re-project each chunk (policy with the pass-1 ``lse``, reference ``ref`` =
     ``(ref_hidden2d, ref_weight, ref_bias)`` when given) and return ``(entropy [n] | None,
     kl [n] | None, [d hidden2d, d weight, d bias])`` for the loss
@@ -212,15 +194,9 @@ class _PolicyLogp(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        hidden2d: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        rows: torch.Tensor | None,
-        acts: torch.Tensor,
-        chunk: int,
-        cdt: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx: Any, hidden2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+        rows: torch.Tensor | None, acts: torch.Tensor, chunk: int, cdt: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         ctx.set_materialize_grads(False)
         n = acts.shape[0]
         logp = torch.empty(n, dtype=cdt, device=acts.device)
@@ -268,15 +244,10 @@ class _PrecomputedGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        value: torch.Tensor,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        grads: list[torch.Tensor | None],
-        recompute: Callable[[], list[torch.Tensor | None]],
-        group: Any,
-    ) -> torch.Tensor:
+        ctx: Any, value: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+        bias: torch.Tensor | None, grads: list[torch.Tensor | None],
+        recompute: Callable[[], list[torch.Tensor | None]], group: Any,
+    ) -> torch.Tensor:  # fmt: skip
         ctx.grads, ctx.recompute, ctx.group = grads, recompute, group
         ctx.shape = hidden.shape
         return value.clone()

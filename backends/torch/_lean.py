@@ -43,11 +43,8 @@ def _is_zero(coef: Any) -> bool:
 def _check_chunk(chunk_size: Any, device: torch.device, vocab: int) -> int:
     if chunk_size is None:
         return default_chunk_size(device, vocab)
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, numbers.Integral)
-        or chunk_size < 1
-    ):
+    not_int = isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
+    if not_int or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer or None, got {chunk_size!r}")
     return int(chunk_size)
 
@@ -127,11 +124,7 @@ def haepo_loss_from_logits(
 ) -> HAEPOOutput:  # fmt: skip
     r"""The HAEPO loss from per-step logits of a categorical policy, chunked over tokens.
 
-    .. math::
-
-        \text{logp}_{k,t} = \log\operatorname{softmax}(z_{k,t})_{a_{k,t}},\quad
-        H_{k,t} = -\sum_v \pi_v \log \pi_v,\quad
-        KL_{k,t} = \sum_v \pi_v (\log \pi_v - \log \pi^{ref}_v)
+    %(logits_math)s
 
     then the objective of :func:`haepo_loss` (``stats["entropy"]`` is the exact mean
     entropy). The valid steps are walked ``chunk_size`` rows at a time: at most one chunk of
@@ -247,15 +240,10 @@ def haepo_loss_from_hidden(
 
 
 def _from_hidden_two_pass(
-    hidden: torch.Tensor,
-    hidden2d: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
-    c: _Walk,
-    need: tuple[bool, bool, bool],
-    process_group: Any,
-) -> HAEPOOutput:
+    hidden: torch.Tensor, hidden2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None, c: _Walk,
+    need: tuple[bool, bool, bool], process_group: Any,
+) -> HAEPOOutput:  # fmt: skip
     """Five GEMMs instead of six: all gradient work happens in the forward (see
     ``_fused_linear.py`` for why and how); ``loss.backward()`` only scales the stored
     gradients. ``weights`` and ``log_likelihood`` stay differentiable through the pass-1

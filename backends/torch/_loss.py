@@ -27,16 +27,10 @@ __all__ = ["finish", "haepo_loss", "haepo_loss_packed"]
 
 
 def finish(
-    L: torch.Tensor,
-    n_k: torch.Tensor,
-    returns: torch.Tensor,
-    group_ids: torch.Tensor | None,
-    ent_sum: torch.Tensor | None,
-    kl_sum: torch.Tensor | None,
-    opts: Options,
-    out_dtype: torch.dtype,
-    process_group: Any,
-) -> HAEPOOutput:
+    L: torch.Tensor, n_k: torch.Tensor, returns: torch.Tensor, group_ids: torch.Tensor | None,
+    ent_sum: torch.Tensor | None, kl_sum: torch.Tensor | None, opts: Options,
+    out_dtype: torch.dtype, process_group: Any,
+) -> HAEPOOutput:  # fmt: skip
     """The core objective on this rank's per-trajectory sums (``L``, ``n_k`` ``[M]``)."""
     m = L.shape[0]
     if process_group is not None:

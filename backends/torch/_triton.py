@@ -95,23 +95,10 @@ if triton is not None:
 
     @triton.jit
     def _fwd_kernel(  # pragma: no cover - traced by triton
-        z_ptr,
-        z_stride,
-        r_ptr,
-        r_stride,
-        a_ptr,
-        logp_ptr,
-        ent_ptr,
-        kl_ptr,
-        lse_ptr,
-        lser_ptr,
-        V,
-        HAS_REF: tl.constexpr,
-        KL_SWEEP: tl.constexpr,
-        STORE_LSE: tl.constexpr,
-        ACC: tl.constexpr,
+        z_ptr, z_stride, r_ptr, r_stride, a_ptr, logp_ptr, ent_ptr, kl_ptr, lse_ptr, lser_ptr, V,
+        HAS_REF: tl.constexpr, KL_SWEEP: tl.constexpr, STORE_LSE: tl.constexpr, ACC: tl.constexpr,
         BLOCK: tl.constexpr,
-    ):
+    ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)  # int64: row * stride may pass 2**31
         z_row = z_ptr + row * z_stride
         r_row = r_ptr + row * r_stride
@@ -174,37 +161,13 @@ if triton is not None:
 
     @triton.jit
     def _bwd_kernel(  # pragma: no cover - traced by triton
-        z_ptr,
-        z_stride,
-        r_ptr,
-        r_stride,
-        a_ptr,
-        lse_ptr,
-        lser_ptr,
-        ent_ptr,
-        kl_ptr,
-        gl_ptr,
-        gl_stride,
-        ge_ptr,
-        ge_stride,
-        gk_ptr,
-        gk_stride,
-        out_ptr,
-        out_stride,
-        V,
-        HAS_GL: tl.constexpr,
-        HAS_GE: tl.constexpr,
-        USE_KL: tl.constexpr,
-        HAS_REF: tl.constexpr,
-        LSE_GIVEN: tl.constexpr,
-        REF_LSE_GIVEN: tl.constexpr,
-        STATS: tl.constexpr,
-        SWEEP_Z: tl.constexpr,
-        SWEEP_R: tl.constexpr,
-        FLOOR_REF: tl.constexpr,
-        ACC: tl.constexpr,
+        z_ptr, z_stride, r_ptr, r_stride, a_ptr, lse_ptr, lser_ptr, ent_ptr, kl_ptr, gl_ptr,
+        gl_stride, ge_ptr, ge_stride, gk_ptr, gk_stride, out_ptr, out_stride, V,
+        HAS_GL: tl.constexpr, HAS_GE: tl.constexpr, USE_KL: tl.constexpr, HAS_REF: tl.constexpr,
+        LSE_GIVEN: tl.constexpr, REF_LSE_GIVEN: tl.constexpr, STATS: tl.constexpr,
+        SWEEP_Z: tl.constexpr, SWEEP_R: tl.constexpr, FLOOR_REF: tl.constexpr, ACC: tl.constexpr,
         BLOCK: tl.constexpr,
-    ):
+    ):  # fmt: skip
         """HAS_REF: the reference row is read (for the KL term or, with STATS, its value).
         LSE_GIVEN / REF_LSE_GIVEN: the row log-sum-exps come from the forward, so sweep 1
         skips them; with both given (or no reference needed) and no STATS, sweep 1 vanishes
@@ -375,14 +338,9 @@ def _row_vector(name: str, g: torch.Tensor, n: int, acc: torch.dtype) -> torch.T
 
 
 def forward_block(
-    z: torch.Tensor,
-    a: torch.Tensor,
-    ref_z: torch.Tensor | None,
-    finite: bool,
-    *,
-    return_lse: bool = False,
-    block: int | None = None,
-) -> tuple[torch.Tensor | None, ...]:
+    z: torch.Tensor, a: torch.Tensor, ref_z: torch.Tensor | None, finite: bool, *,
+    return_lse: bool = False, block: int | None = None,
+) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
     """``(logp_a, entropy, kl | None)``, each ``[n]``, for the rows of the logits block
     ``z [n, V]`` (actions ``a [n]``, reference logits ``ref_z [n, V]`` or None).
 
@@ -414,21 +372,11 @@ def forward_block(
 
 
 def _launch_backward(
-    z: torch.Tensor,
-    a: torch.Tensor,
-    ref_z: torch.Tensor | None,
-    lse: torch.Tensor | None,
-    ref_lse: torch.Tensor | None,
-    stats: bool,
-    ent: torch.Tensor,
-    kl: torch.Tensor,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    finite: bool,
-    out: torch.Tensor | None,
-    block: int | None,
-) -> torch.Tensor:
+    z: torch.Tensor, a: torch.Tensor, ref_z: torch.Tensor | None, lse: torch.Tensor | None,
+    ref_lse: torch.Tensor | None, stats: bool, ent: torch.Tensor, kl: torch.Tensor,
+    g_logp: torch.Tensor | None, g_ent: torch.Tensor | None, g_kl: torch.Tensor | None,
+    finite: bool, out: torch.Tensor | None, block: int | None,
+) -> torch.Tensor:  # fmt: skip
     n, vocab = z.shape
     acc = _acc_dtype(z.dtype)
     if out is None:
@@ -473,29 +421,21 @@ def _launch_backward(
     return out
 
 
-def _check_stats(name: str, x: torch.Tensor, n: int) -> None:
+def _stats_vector(name: str, x: torch.Tensor, n: int, acc: torch.dtype) -> torch.Tensor:
+    """A checked per-row statistic ``[n]`` in the accumulation dtype, contiguous."""
     if not isinstance(x, torch.Tensor) or x.shape != (n,):
         raise ValueError(f"{name} must have shape [{n}], got {getattr(x, 'shape', type(x))}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    return x.to(acc).contiguous()
 
 
 def backward_block(
-    z: torch.Tensor,
-    a: torch.Tensor,
-    ref_z: torch.Tensor | None,
-    ent: torch.Tensor,
-    kl: torch.Tensor,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    finite: bool,
-    out: torch.Tensor | None = None,
-    *,
-    lse: torch.Tensor | None = None,
-    ref_lse: torch.Tensor | None = None,
-    block: int | None = None,
-) -> torch.Tensor:
+    z: torch.Tensor, a: torch.Tensor, ref_z: torch.Tensor | None, ent: torch.Tensor,
+    kl: torch.Tensor, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None,
+    g_kl: torch.Tensor | None, finite: bool, out: torch.Tensor | None = None, *,
+    lse: torch.Tensor | None = None, ref_lse: torch.Tensor | None = None, block: int | None = None,
+) -> torch.Tensor:  # fmt: skip
     """``d(sum g_logp*logp_a + g_ent*H + g_kl*KL)/dz`` for the block ``z [n, V]``: the value
     of ``_vocab._backward_block``. ``ent``/``kl`` ``[n]`` are the forward's statistics
     (``kl`` is read only when ``g_kl`` and ``ref_z`` are given); each ``g_*`` is ``[n]``, 0-d
@@ -507,39 +447,24 @@ def backward_block(
     ``forward_block(..., return_lse=True)``."""
     _need_triton()
     _check_block(z, a, ref_z)
-    n = z.shape[0]
-    _check_stats("ent", ent, n)
-    acc = _acc_dtype(z.dtype)
-    ent = ent.to(acc).contiguous()
+    n, acc = z.shape[0], _acc_dtype(z.dtype)
+    ent = _stats_vector("ent", ent, n, acc)
     use_kl = g_kl is not None and ref_z is not None
-    if use_kl:
-        _check_stats("kl", kl, n)
-        kl = kl.to(acc).contiguous()
-    else:
-        kl = ent  # not read
+    kl = _stats_vector("kl", kl, n, acc) if use_kl else ent  # else not read
     if lse is not None:
-        _check_stats("lse", lse, n)
-        lse = lse.to(acc).contiguous()
+        lse = _stats_vector("lse", lse, n, acc)
     if ref_lse is not None:
-        _check_stats("ref_lse", ref_lse, n)
-        ref_lse = ref_lse.to(acc).contiguous()
+        ref_lse = _stats_vector("ref_lse", ref_lse, n, acc)
     return _launch_backward(
         z, a, ref_z, lse, ref_lse, False, ent, kl, g_logp, g_ent, g_kl, finite, out, block
     )
 
 
 def grad_block_from_lse(
-    z: torch.Tensor,
-    a: torch.Tensor,
-    lse: torch.Tensor,
-    ref_z: torch.Tensor | None,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    out: torch.Tensor | None = None,
-    *,
-    block: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    z: torch.Tensor, a: torch.Tensor, lse: torch.Tensor, ref_z: torch.Tensor | None,
+    g_logp: torch.Tensor | None, g_ent: torch.Tensor | None, g_kl: torch.Tensor | None,
+    out: torch.Tensor | None = None, *, block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Pass 2 of the from-hidden path for one projected chunk: ``(dz, entropy, kl | None)``.
 
     ``z [n, V]`` are the chunk's (finite) policy logits, ``lse [n]`` their row log-sum-exp
@@ -549,13 +474,12 @@ def grad_block_from_lse(
     sweeps where a forward block followed by a backward block would take three."""
     _need_triton()
     _check_block(z, a, ref_z)
-    n = z.shape[0]
-    _check_stats("lse", lse, n)
-    acc = _acc_dtype(z.dtype)
+    n, acc = z.shape[0], _acc_dtype(z.dtype)
+    lse = _stats_vector("lse", lse, n, acc)
     ent = torch.empty(n, dtype=acc, device=z.device)
     kl = torch.empty(n, dtype=acc, device=z.device) if ref_z is not None else None
     dz = _launch_backward(
-        z, a, ref_z, lse.to(acc).contiguous(), None, True, ent, ent if kl is None else kl,
+        z, a, ref_z, lse, None, True, ent, ent if kl is None else kl,
         g_logp, g_ent, g_kl, True, out, block,
     )  # fmt: skip
     return dz, ent, kl

@@ -83,17 +83,10 @@ def _col(x: torch.Tensor) -> torch.Tensor:
 
 
 def logits_grad(
-    lsm: torch.Tensor,
-    a: torch.Tensor,
-    ref_lsm: torch.Tensor | None,
-    ent: torch.Tensor | None,
-    kl: torch.Tensor | None,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    p: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+    lsm: torch.Tensor, a: torch.Tensor, ref_lsm: torch.Tensor | None, ent: torch.Tensor | None,
+    kl: torch.Tensor | None, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None,
+    g_kl: torch.Tensor | None, p: torch.Tensor | None = None, out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """The closed-form gradient ``d(sum g_logp*logp_a + g_ent*H + g_kl*KL)/dz`` of one block.
 
     With l = log p = ``lsm`` and l' = log p_ref = ``ref_lsm``, per row:
@@ -146,17 +139,10 @@ def _forward_block(
 
 
 def _backward_block(
-    z: torch.Tensor,
-    a: torch.Tensor,
-    ref_z: torch.Tensor | None,
-    ent: torch.Tensor,
-    kl: torch.Tensor,
-    g_logp: torch.Tensor | None,
-    g_ent: torch.Tensor | None,
-    g_kl: torch.Tensor | None,
-    finite: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+    z: torch.Tensor, a: torch.Tensor, ref_z: torch.Tensor | None, ent: torch.Tensor,
+    kl: torch.Tensor, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None,
+    g_kl: torch.Tensor | None, finite: bool, out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """:func:`logits_grad` of the block ``z [c, V]`` from the forward's ``ent``/``kl``."""
     ref_lsm = None if ref_z is None or g_kl is None else log_softmax(ref_z, finite)
     cast = lambda g: None if g is None else g.to(ent.dtype)
@@ -232,15 +218,9 @@ def _pick(x: torch.Tensor, rows: torch.Tensor | None, s: int, e: int) -> torch.T
 
 
 def _walk_forward(
-    src: Source,
-    ref_src: Source | None,
-    n: int,
-    acts: torch.Tensor,
-    chunk: int,
-    cdt: torch.dtype,
-    finite: bool,
-    forward_block: Callable[..., Any] = _forward_block,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    src: Source, ref_src: Source | None, n: int, acts: torch.Tensor, chunk: int, cdt: torch.dtype,
+    finite: bool, forward_block: Callable[..., Any] = _forward_block,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     dev = acts.device
     logp = torch.empty(n, dtype=cdt, device=dev)
     ent = torch.empty(n, dtype=cdt, device=dev)
@@ -263,16 +243,9 @@ def _cut(g: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
 class _LogitsStats(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        logits2d: torch.Tensor,
-        ref2d: torch.Tensor | None,
-        rows: torch.Tensor | None,
-        acts: torch.Tensor,
-        chunk: int,
-        cdt: torch.dtype,
-        finite: bool,
-        blocks: Blocks,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx: Any, logits2d: torch.Tensor, ref2d: torch.Tensor | None, rows: torch.Tensor | None,
+        acts: torch.Tensor, chunk: int, cdt: torch.dtype, finite: bool, blocks: Blocks,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
         ctx.set_materialize_grads(False)
         src = lambda s, e: _pick(logits2d, rows, s, e).to(cdt)
         ref_src = None if ref2d is None else (lambda s, e: _pick(ref2d, rows, s, e).to(cdt))
