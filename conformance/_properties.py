@@ -270,6 +270,19 @@ def _compare_pair(
         assert_close(key, a[key], b[key], rtol=tol.rtol, atol=tol.weight_atol * scale, where=where)
 
 
+def _compare_grads(
+    backend: Any, ctx: Context, case: S.Case, tol: Tolerance, got: Mapping[str, Any],
+    index: Any, where: str,
+) -> None:  # fmt: skip
+    """``got`` against the gradient of ``case`` itself, read at ``index`` (a permutation or
+    the packed steps' positions), at the case's gradient tolerance."""
+    _, g0 = call_grad(backend, case, ctx.device)
+    ref_out = reference_loss(seen_inputs(backend, case, ctx.device), case.options)
+    gtol = grad_tolerance(ref_out, tol, case.options)
+    for k in g0:
+        assert_close(f"d loss / d {k}", got[k], g0[k][index], rtol=tol.rtol, atol=gtol, where=where)
+
+
 def _permutation(backend: Any, ctx: Context):
     def check(example: tuple[S.Case, np.ndarray]) -> None:
         case, perm = example
@@ -285,19 +298,8 @@ def _permutation(backend: Any, ctx: Context):
             )
         if not has_grad(backend):
             return
-        _, g0 = call_grad(backend, case, ctx.device)
         _, g1 = call_grad(backend, permuted, ctx.device)
-        ref_out = reference_loss(seen_inputs(backend, case, ctx.device), case.options)
-        gtol = grad_tolerance(ref_out, tol, case.options)
-        for k in g0:
-            assert_close(
-                f"d loss / d {k}",
-                g1[k],
-                g0[k][perm],
-                rtol=tol.rtol,
-                atol=gtol,
-                where="gradient of the permuted batch",
-            )
+        _compare_grads(backend, ctx, case, tol, g1, perm, "gradient of the permuted batch")
 
     return S.with_permutation(S.cases(ctx.dtypes)), check
 
@@ -460,18 +462,9 @@ def _packed(backend: Any, ctx: Context):
         if not has_grad(backend):
             return
         _, gp = call_grad(backend, case, ctx.device, packed_inputs=packed)
-        _, g0 = call_grad(backend, case, ctx.device)
-        ref_out = reference_loss(seen_inputs(backend, case, ctx.device), case.options)
-        gtol = grad_tolerance(ref_out, tol, case.options)
-        for k in g0:
-            assert_close(
-                f"d loss / d {k}",
-                gp[k],
-                g0[k][rows, cols],
-                rtol=tol.rtol,
-                atol=gtol,
-                where="packed grad vs padded, step by step",
-            )
+        _compare_grads(
+            backend, ctx, case, tol, gp, (rows, cols), "packed grad vs padded, step by step"
+        )
 
     return S.with_seed(S.cases(ctx.dtypes)), check
 
