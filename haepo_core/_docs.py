@@ -115,9 +115,11 @@ DOCS: dict[str, str] = {
     "ref_hidden": _s(
         r"""
         ref_hidden: ``[M, T, H]`` reference hidden states for the exact KL (constants), projected
-          by ``ref_weight`` ``[V, H]`` / ``ref_bias`` ``[V]``; when ``ref_weight`` is ``None`` the
-          policy's ``weight`` and ``bias`` are used (as constants; a given ``ref_bias`` replaces the
-          bias), and a ``ref_weight`` of its own has no bias unless ``ref_bias`` is given. Or
+          by the reference head:
+        ref_weight: ``[V, H]`` (a constant); ``None`` = the policy's ``weight`` and ``bias`` (as
+          constants; a given ``ref_bias`` replaces the bias).
+        ref_bias: ``[V]`` or ``None``; a ``ref_weight`` of its own has no bias unless ``ref_bias``
+          is given. Or
         ref_logp: ``[M, T]`` reference log-probs for ``kl_estimator`` (not with ``ref_hidden``).
         """
     ),

@@ -182,8 +182,8 @@ def haepo_loss_packed(
     Args:
       %(packed)s
       %(options)s
-      num_groups, axis_name (each trajectory's steps on the device holding its ``returns``
-        row), traced_checks: as in :func:`haepo_loss`.
+      num_groups, axis_name, traced_checks: as in :func:`haepo_loss` (under ``axis_name``,
+        each trajectory's steps on the device holding its ``returns`` row).
 
     Returns:
       ``haepo_core.HAEPOOutput``, as :func:`haepo_loss`.
