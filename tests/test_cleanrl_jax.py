@@ -202,3 +202,31 @@ def test_reference_params_refresh_on_schedule():
 def test_torch_part_never_imports_jax_and_vice_versa(code, absent):
     check = f"{code}; import sys; assert {absent!r} not in sys.modules, 'imported {absent}'"
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_padded_loss_fn_takes_group_ids_from_the_batch():
+    from haepo_adapters.cleanrl import haepo_padded_loss, make_haepo_loss_fn
+
+    rng = np.random.default_rng(4)
+    m, t, d, a = 6, 5, 3, 2
+    obs = rng.normal(size=(m, t, d)).astype(np.float32)
+    batch = {
+        "obs": obs,
+        "actions": rng.integers(0, a, size=(m, t)).astype(np.int32),
+        "mask": np.arange(t)[None, :] < rng.integers(1, t + 1, size=(m, 1)),
+        "returns": rng.normal(size=m).astype(np.float32),
+    }
+    w = jnp.asarray(rng.normal(size=(d, a)).astype(np.float32))
+    fn = jax.jit(make_haepo_loss_fn(lambda p, o: o @ p, layout="padded", entropy_coef=0.01))
+    ungrouped, _ = fn(w, None, batch)
+    ids = np.array([4, 9, 4, 9, 9, 4], np.int32)
+    grouped, stats = fn(w, None, {**batch, "group_ids": ids})
+    logits = jnp.asarray(obs) @ w
+    terms = categorical_terms(logits.reshape(m * t, a), jnp.asarray(batch["actions"]).ravel())
+    terms = terms._replace(**{k: getattr(terms, k).reshape(m, t) for k in ("logp", "entropy")})
+    want = haepo_padded_loss(terms, jnp.asarray(batch["returns"]), jnp.asarray(batch["mask"]),
+                             entropy_coef=0.01,
+                             group_ids=jnp.asarray(ids))  # fmt: skip
+    np.testing.assert_allclose(float(grouped), float(want.loss), rtol=1e-5, atol=1e-7)
+    assert int(stats["num_groups"]) == 2
+    assert abs(float(grouped) - float(ungrouped)) > 1e-4  # the labels changed the objective

@@ -163,6 +163,9 @@ def test_script_warns_once_when_the_entropy_collapses(tmp_path, monkeypatch):
         ("kl_coef", -0.1),
         ("update_epochs", 0),
         ("entropy_floor", float("nan")),
+        ("group_starts", 1),
+        ("group_starts", 3),
+        ("group_starts", -2),
     ],
 )
 def test_scripts_reject_bad_options_naming_them(tmp_path, script, option, bad):
@@ -311,3 +314,87 @@ def test_benchmark_smoke_writes_csv_and_png_per_task(tmp_path):
     assert mt.main(["--tasks", "cartpole", "--seeds", "1", "--budget", "2048",
                     "--out", str(tmp_path), "--workers", "1"]) == 0  # fmt: skip
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+
+
+GROUPED = ["haepo_cartpole.py", "haepo_pendulum.py", "haepo_cartpole_jax.py"]
+
+
+def _first_obs_per_episode(envs, steps: int, seed: int) -> list[list[np.ndarray]]:
+    """Step random actions; return, per env, the raw first observation of each episode."""
+    firsts: list[list[np.ndarray]] = [[] for _ in range(envs.num_envs)]
+    raw = envs.unwrapped  # the SyncVectorEnv, under the vector wrappers
+    obs, _ = raw.reset(seed=seed)
+    for i in range(envs.num_envs):
+        firsts[i].append(np.array(obs[i]))
+    envs.action_space.seed(seed)
+    done = np.zeros(envs.num_envs, bool)
+    for _ in range(steps):
+        obs, _, term, trunc, _ = raw.step(envs.action_space.sample())
+        for i in np.flatnonzero(done):  # NEXT_STEP autoreset: this step was the reset
+            firsts[i].append(np.array(obs[i]))
+        done = term | trunc
+    return firsts
+
+
+@pytest.mark.parametrize("script", GROUPED)
+def test_grouped_starts_replay_one_start_sequence_per_group(script):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+    mod = example(script)
+    env_id = "Pendulum-v1" if "pendulum" in script else "CartPole-v1"
+    steps = 450 if "pendulum" in script else 120  # Pendulum episodes last 200 steps
+    args = mod.Args(env_id=env_id, num_envs=4, group_starts=2, seed=3)
+    firsts = _first_obs_per_episode(mod.make_envs(args), steps, seed=3)
+    for a, b in ((0, 1), (2, 3)):  # one group: the same start states, episode by episode
+        k = min(len(firsts[a]), len(firsts[b]))
+        assert k >= 2
+        np.testing.assert_array_equal(np.stack(firsts[a][:k]), np.stack(firsts[b][:k]))
+    assert not np.array_equal(firsts[0][0], firsts[2][0])  # the groups start elsewhere
+    assert not np.array_equal(firsts[0][0], firsts[0][1])  # and each episode anew
+    off = mod.Args(env_id=env_id, num_envs=4, group_starts=0, seed=3)
+    ungrouped = _first_obs_per_episode(mod.make_envs(off), 1, seed=3)
+    assert not np.array_equal(ungrouped[0][0], ungrouped[1][0])  # off: independent starts
+
+
+@pytest.mark.parametrize("script", ["haepo_cartpole.py", "haepo_pendulum.py"])
+def test_grouped_starts_make_one_loss_group_per_start(tmp_path, monkeypatch, script):
+    mod = example(script)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = mod.haepo_trajectory_loss
+
+    def spy(traj, terms, **kw):
+        first = np.cumsum(traj.lengths) - traj.lengths
+        ids = kw["group_ids"]
+        seen.append((np.asarray(ids), traj.steps["obs"].numpy()[first]))
+        return real(traj, terms, **kw)
+
+    monkeypatch.setattr(mod, "haepo_trajectory_loss", spy)
+    small = {"num_steps": 64, "min_episodes": 4} if "pendulum" in script else {}
+    args = mod.Args(seed=0, total_timesteps=4000, num_envs=4, group_starts=2, progress=False,
+                    plot=False, out_dir=str(tmp_path), **small)  # fmt: skip
+    ups = mod.train(args)["updates"]
+    assert ups and len(seen) >= len(ups)
+    grouped = 0
+    for ids, first_obs in seen:
+        assert ids.shape == (first_obs.shape[0],)
+        for g in np.unique(ids):
+            members = first_obs[ids == g]
+            np.testing.assert_allclose(members, np.broadcast_to(members[0], members.shape))
+            grouped += len(members) > 1
+        if len(np.unique(ids)) > 1:  # different starts never share a group
+            reps = np.stack([first_obs[ids == g][0] for g in np.unique(ids)])
+            assert len(np.unique(reps, axis=0)) == len(reps)
+    assert grouped > 0
+    assert all(u["num_groups"] >= 1 for u in ups) and max(u["num_groups"] for u in ups) > 1
+
+
+def test_jax_script_ranks_episodes_within_their_start_group(tmp_path):
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    hj = example("haepo_cartpole_jax.py")
+    kw = dict(total_timesteps=3072, progress=False, plot=False, out_dir=str(tmp_path))
+    on = hj.train(hj.Args(group_starts=2, **kw))["updates"]
+    off = hj.train(hj.Args(group_starts=0, **kw))["updates"]
+    assert on and off
+    assert max(u["num_groups"] for u in on) > 1
+    assert all(u["num_groups"] == 1 for u in off)

@@ -74,7 +74,8 @@ def make_haepo_loss_fn(
     its shapes change with every rollout, so do not jit the whole loss (jit the policy).
     ``layout="padded"``: ``batch`` is a dict of fixed-shape arrays ``obs [M, T, ...]``,
     ``actions [M, T, ...]``, ``mask [M, T]`` and ``returns [M]`` (e.g. ``M`` episodes per
-    update, ``T`` the env's episode limit), evaluated by :func:`haepo_padded_loss`: jit it, it
+    update, ``T`` the env's episode limit), and optionally ``group_ids [M]`` (integer labels,
+    traced: new labels do not recompile), evaluated by :func:`haepo_padded_loss`: jit it, it
     compiles once.
 
     ``policy_fn(params, obs)`` returns logits ``[N, A]`` (``kind="categorical"``) or
@@ -135,6 +136,8 @@ def make_haepo_loss_fn(
         actions = batch[actions_key].reshape(m * t, *batch[actions_key].shape[2:])
         flat = terms_of(params, ref_params, obs, actions)
         terms = StepTerms(*(None if x is None else x.reshape(m, t) for x in flat))
+        if "group_ids" in batch:
+            kw.setdefault("group_ids", batch["group_ids"])
         out = haepo_padded_loss(terms, batch["returns"], mask, **kw)
         return out.loss, out.stats
 

@@ -25,6 +25,10 @@ learning rate ``adaptive_lr``, and the entropy bonus raised while the entropy is
 ``entropy_floor * log(num_actions)`` (the rate and the bonus reach the jitted update as traced
 scalars: no recompile); the same collapse warnings and ``curve.png`` panels.
 
+``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
+replaying one sequence of start states, and ranks each episode only against the episodes of
+the same start (``group_ids``), as GRPO ranks the completions of one prompt.
+
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png`` (return, entropy,
 ESS); prints the final 20-episode moving-average return.
 """
@@ -66,6 +70,7 @@ class Args:
     num_envs: int = 8
     num_steps: int = 32
     episodes_per_update: int = 8
+    group_starts: int = 0
     learning_rate: float = 1e-2
     anneal_lr: bool = True
     adaptive_lr: bool = True
@@ -106,6 +111,18 @@ def check_args(args: Args) -> None:
     if isinstance(e, bool) or not isinstance(e, int) or e < 2:
         # one episode alone has z-scored return 0: no policy gradient
         raise ValueError(f"--episodes-per-update: expected an int >= 2, got {e!r}")
+    g = args.group_starts
+    if (
+        isinstance(g, bool)
+        or not isinstance(g, int)
+        or g == 1
+        or g < 0
+        or (g and args.num_envs % g)
+    ):
+        raise ValueError(
+            f"--group-starts: expected 0 (off) or an int >= 2 dividing --num-envs = "
+            f"{args.num_envs}, got {g!r}"
+        )
     for name, lo, strict in (
         ("learning_rate", 0.0, True),
         ("target_kl", 0.0, False),
@@ -150,8 +167,36 @@ class Actor(nn.Module):
         return nn.Dense(self.n_actions, kernel_init=init(0.01))(x)
 
 
+class GroupedStarts(gym.Wrapper):
+    """Seeds every reset: episode ``k`` of each env of group ``group`` starts from one state.
+
+    The seed of episode ``k`` is drawn from ``SeedSequence([seed, group, k])``, so the envs of a
+    group replay the same sequence of start states while their actions differ (the policy
+    samples them). HAEPO then ranks episodes against others from the same start, as GRPO ranks
+    completions of one prompt: the start state's share of the return cancels in the group's
+    z-scored returns.
+    """
+
+    def __init__(self, env: gym.Env, seed: int, group: int) -> None:
+        super().__init__(env)
+        self.base, self.group, self.episode = seed, group, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        ss = np.random.SeedSequence([self.base, self.group, self.episode])
+        self.episode += 1
+        return self.env.reset(seed=int(ss.generate_state(1)[0]), options=options)
+
+
 def make_envs(args: Args) -> gym.vector.VectorEnv:
-    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
+    if args.group_starts:
+        g = args.group_starts
+        fns = [
+            lambda i=i: GroupedStarts(gym.make(args.env_id), args.seed, i // g)
+            for i in range(args.num_envs)
+        ]
+        envs = gym.vector.SyncVectorEnv(fns)
+    else:
+        envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
@@ -303,17 +348,22 @@ def train(args: Args) -> dict[str, object]:
         return params, opt_state, loss[0], stats
 
     max_len = envs.spec.max_episode_steps if envs.spec is not None else 500
-    queue: list[tuple[np.ndarray, np.ndarray, float]] = []  # (obs [T, d], actions [T], R)
+    # (obs [T, d], actions [T], R, start key)
+    queue: list[tuple[np.ndarray, np.ndarray, float, int]] = []
 
-    def make_batch(eps: list[tuple[np.ndarray, np.ndarray, float]]) -> dict[str, jax.Array]:
+    def make_batch(eps: list[tuple[np.ndarray, np.ndarray, float, int]]) -> dict[str, jax.Array]:
         k = len(eps)
         obs = np.zeros((k, max_len, obs_dim), np.float32)
         acts = np.zeros((k, max_len), np.int32)
         mask = np.zeros((k, max_len), bool)
-        for i, (o, a, _) in enumerate(eps):
+        for i, (o, a, *_) in enumerate(eps):
             obs[i, : len(a)], acts[i, : len(a)], mask[i, : len(a)] = o, a, True
-        rets = np.array([r for _, _, r in eps], np.float32)
-        return {"obs": obs, "actions": acts, "mask": mask, "returns": rets}
+        rets = np.array([ep[2] for ep in eps], np.float32)
+        batch = {"obs": obs, "actions": acts, "mask": mask, "returns": rets}
+        if args.group_starts:  # the episodes of one start form one HAEPO group
+            keys = np.array([ep[3] for ep in eps])
+            batch["group_ids"] = np.unique(keys, return_inverse=True)[1].astype(np.int32)
+        return batch
 
     s, e = args.num_steps, args.num_envs
     obs_buf = np.zeros((s, e, obs_dim), dtype=np.float32)
@@ -321,10 +371,14 @@ def train(args: Args) -> dict[str, object]:
     rew_buf = np.zeros((s, e), dtype=np.float32)
     term_buf = np.zeros((s, e), dtype=bool)
     trunc_buf = np.zeros((s, e), dtype=bool)
+    key_buf = np.zeros((s, e), dtype=np.int64)
 
     episodes: list[tuple[int, float, int]] = []
     updates: list[dict[str, float]] = []
     next_obs, _ = envs.reset(seed=args.seed)
+    # Which start each step's episode had: (group, episode index) packed in one int64.
+    group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
+    start_key = group_of_env.astype(np.int64) << 32
     global_step = 0
     start = time.time()
     batch = s * e
@@ -338,7 +392,9 @@ def train(args: Args) -> dict[str, object]:
             action, key = act(params, jnp.asarray(next_obs, jnp.float32), key)
             action = np.asarray(action)
             act_buf[step] = action
+            key_buf[step] = start_key
             next_obs, reward, term, trunc, info = envs.step(action)
+            start_key += (term | trunc).astype(np.int64)  # the next episode's start
             rew_buf[step], term_buf[step], trunc_buf[step] = reward, term, trunc
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
@@ -348,7 +404,12 @@ def train(args: Args) -> dict[str, object]:
         bar.update(batch)
 
         traj = builder.build(
-            rew_buf, terminated=term_buf, truncated=trunc_buf, obs=obs_buf, actions=act_buf
+            rew_buf,
+            terminated=term_buf,
+            truncated=trunc_buf,
+            obs=obs_buf,
+            actions=act_buf,
+            start=key_buf,
         )
         ends = np.cumsum(traj.lengths)
         for k in range(traj.num_trajectories):
@@ -358,6 +419,7 @@ def train(args: Args) -> dict[str, object]:
                     traj.steps["obs"][lo : ends[k]],
                     traj.steps["actions"][lo : ends[k]],
                     float(traj.returns[k]),
+                    int(traj.steps["start"][lo]),
                 )
             )
         if len(queue) < args.episodes_per_update:

@@ -19,6 +19,10 @@ The stabilizers of ``haepo_cartpole.py`` (batches of at least ``min_episodes`` e
 nats per action dimension) with the continuous defaults; the same defaults serve every
 continuous task (``--env-id InvertedPendulum-v5``).
 
+``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
+replaying one sequence of start states, and ranks each episode only against the episodes of
+the same start (``group_ids``), as GRPO ranks the completions of one prompt.
+
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
 20-episode moving-average return.
 """
@@ -69,6 +73,7 @@ class Args:
     temperature: float = 1.0
     length_normalize: bool = True
     min_episodes: int = 8
+    group_starts: int = 0
     hidden: int = 64
     torch_threads: int = 1
     out_dir: str = "runs"
@@ -103,6 +108,18 @@ def check_args(args: Args) -> None:
     ):
         # one episode alone has z-scored return 0: no policy gradient
         raise ValueError(f"--min-episodes: expected an int >= 2, got {args.min_episodes!r}")
+    g = args.group_starts
+    if (
+        isinstance(g, bool)
+        or not isinstance(g, int)
+        or g == 1
+        or g < 0
+        or (g and args.num_envs % g)
+    ):
+        raise ValueError(
+            f"--group-starts: expected 0 (off) or an int >= 2 dividing --num-envs = "
+            f"{args.num_envs}, got {g!r}"
+        )
     for name, lo, strict in (
         ("learning_rate", 0.0, True),
         ("target_kl", 0.0, False),
@@ -161,11 +178,39 @@ class Actor(nn.Module):
         return self.net(obs), self.log_std
 
 
+class GroupedStarts(gym.Wrapper):
+    """Seeds every reset: episode ``k`` of each env of group ``group`` starts from one state.
+
+    The seed of episode ``k`` is drawn from ``SeedSequence([seed, group, k])``, so the envs of a
+    group replay the same sequence of start states while their actions differ (the policy
+    samples them). HAEPO then ranks episodes against others from the same start, as GRPO ranks
+    completions of one prompt: the start state's share of the return cancels in the group's
+    z-scored returns.
+    """
+
+    def __init__(self, env: gym.Env, seed: int, group: int) -> None:
+        super().__init__(env)
+        self.base, self.group, self.episode = seed, group, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        ss = np.random.SeedSequence([self.base, self.group, self.episode])
+        self.episode += 1
+        return self.env.reset(seed=int(ss.generate_state(1)[0]), options=options)
+
+
 def make_envs(args: Args) -> gym.vector.VectorEnv:
     # gymnasium 1.x default autoreset is NEXT_STEP: the step after a done is a reset step
     # (action ignored, reward 0); TrajectoryBuilder(autoreset="next_step") skips it, and
     # RecordEpisodeStatistics reports each finished episode's return in info["episode"].
-    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
+    if args.group_starts:
+        g = args.group_starts
+        fns = [
+            lambda i=i: GroupedStarts(gym.make(args.env_id), args.seed, i // g)
+            for i in range(args.num_envs)
+        ]
+        envs = gym.vector.SyncVectorEnv(fns)
+    else:
+        envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # raw returns, innermost
     envs = gym.wrappers.vector.ClipAction(envs)
@@ -277,6 +322,10 @@ def train(args: Args) -> dict[str, object]:
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
     next_obs, _ = envs.reset(seed=args.seed)
+    # Which start each step's episode had: (group, episode index) packed in one int64; the
+    # episodes of one start form one HAEPO group under --group-starts.
+    group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
+    start_key = group_of_env.astype(np.int64) << 32
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     global_step = 0
     start = time.time()
@@ -286,7 +335,7 @@ def train(args: Args) -> dict[str, object]:
         # A batch is counted in episodes: step the envs num_steps at a time until at least
         # min_episodes episodes have finished (unfinished ones are carried over), so an update
         # never rests on 2-3 long episodes.
-        obs_l, act_l, rew_l, term_l, trunc_l = [], [], [], [], []
+        obs_l, act_l, rew_l, term_l, trunc_l, key_l = [], [], [], [], [], []
         finished = 0
         while global_step < args.total_timesteps and (
             len(obs_l) < args.num_steps or finished < args.min_episodes
@@ -297,7 +346,9 @@ def train(args: Args) -> dict[str, object]:
                 mean, log_std = actor(next_obs)
                 action = mean + log_std.exp() * torch.randn_like(mean)
             act_l.append(action)
+            key_l.append(start_key.copy())
             next_obs, reward, term, trunc, info = envs.step(action.numpy())
+            start_key += (term | trunc).astype(np.int64)  # the next episode's start
             rew_l.append(reward)
             term_l.append(term)
             trunc_l.append(trunc)
@@ -317,9 +368,14 @@ def train(args: Args) -> dict[str, object]:
             truncated=np.asarray(trunc_l),
             obs=torch.stack(obs_l),
             actions=torch.stack(act_l),
+            start=torch.as_tensor(np.asarray(key_l)),
         )
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
+        group_ids = None
+        if args.group_starts:
+            first = np.cumsum(traj.lengths) - traj.lengths  # each episode's first step
+            group_ids = np.unique(traj.steps["start"].numpy()[first], return_inverse=True)[1]
         update += 1
         lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:
@@ -339,6 +395,7 @@ def train(args: Args) -> dict[str, object]:
                 kl_coef=args.kl_coef,
                 temperature=args.temperature,
                 length_normalize=args.length_normalize,
+                group_ids=None if group_ids is None else torch.as_tensor(group_ids),
             )
             # Trust region (CleanRL's target_kl): stop the epochs once the policy has moved
             # target_kl (exact mean KL to the policy that collected the batch) away.
