@@ -398,3 +398,142 @@ def test_jax_script_ranks_episodes_within_their_start_group(tmp_path):
     assert on and off
     assert max(u["num_groups"] for u in on) > 1
     assert all(u["num_groups"] == 1 for u in off)
+
+
+def _assert_prev_is_the_previous_action(prev, actions, lengths) -> int:
+    """Within each episode prev[t] == actions[t-1]; at its first step prev == -1."""
+    ends = np.cumsum(lengths)
+    checked = 0
+    for lo, hi in zip(ends - lengths, ends, strict=True):
+        assert prev[lo] == -1
+        np.testing.assert_array_equal(prev[lo + 1 : hi], actions[lo : hi - 1])
+        checked += hi - lo - 1
+    return checked
+
+
+class _AlwaysStuck:
+    """A StuckExploration stand-in that keeps the repeat probability on at ``rho``."""
+
+    def __init__(self, rho: float) -> None:
+        self.value = rho
+        self.repeat_logit = float(np.log(rho / (1 - rho)))
+
+    def update(self, returns) -> float:
+        return self.value
+
+
+def test_sticky_policy_sees_each_episodes_own_previous_action(tmp_path, monkeypatch):
+    hc = example("haepo_cartpole.py")
+    seen: list[int] = []
+    real = hc.haepo_trajectory_loss
+
+    def spy(traj, terms, **kw):
+        prev, act = traj.steps["prev"].numpy(), traj.steps["actions"].numpy()
+        seen.append(_assert_prev_is_the_previous_action(prev, act, traj.lengths))
+        np.testing.assert_allclose(traj.steps["repeat_logit"].numpy(), np.log(3.0), rtol=1e-6)
+        return real(traj, terms, **kw)
+
+    monkeypatch.setattr(hc, "haepo_trajectory_loss", spy)
+    monkeypatch.setattr(hc, "StuckExploration", _AlwaysStuck)
+    args = hc.Args(seed=0, total_timesteps=4096, progress=False, plot=False,
+                   out_dir=str(tmp_path))  # fmt: skip
+    ups = hc.train(args)["updates"]
+    assert ups and sum(seen) > 1000
+    assert all(np.isfinite(u["loss"]) and u["repeat"] == 0.75 for u in ups)
+
+
+def test_jax_sticky_policy_sees_each_episodes_own_previous_action(tmp_path, monkeypatch):
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    hj = example("haepo_cartpole_jax.py")
+    seen: list[int] = []
+    real = hj.TrajectoryBuilder.build
+
+    def spy(self, *a, **kw):
+        traj = real(self, *a, **kw)
+        if traj.num_trajectories:  # the policy input ends with (previous action, repeat logit)
+            obs = np.asarray(traj.steps["obs"])
+            act = np.asarray(traj.steps["actions"])
+            seen.append(_assert_prev_is_the_previous_action(obs[:, -2], act, traj.lengths))
+            np.testing.assert_allclose(obs[:, -1], np.log(3.0), rtol=1e-6)
+        return traj
+
+    monkeypatch.setattr(hj.TrajectoryBuilder, "build", spy)
+    monkeypatch.setattr(hj, "StuckExploration", _AlwaysStuck)
+    args = hj.Args(seed=0, total_timesteps=3072, progress=False, plot=False,
+                   out_dir=str(tmp_path))  # fmt: skip
+    ups = hj.train(args)["updates"]
+    assert ups and sum(seen) > 1000
+    assert all(np.isfinite(u["loss"]) and u["repeat"] == 0.75 for u in ups)
+
+
+@pytest.mark.parametrize("rho", [0.95, None])
+def test_sticky_exploration_changes_what_the_rollouts_do(tmp_path, monkeypatch, rho):
+    # A policy that mostly repeats its action topples CartPole's pole sooner than a dithering
+    # one: its episodes are shorter (random play lasts ~22 steps on average).
+    hc = example("haepo_cartpole.py")
+    if rho is not None:
+        monkeypatch.setattr(hc, "StuckExploration", lambda r: _AlwaysStuck(rho))
+    args = hc.Args(seed=0, total_timesteps=2048, progress=False, plot=False,
+                   out_dir=str(tmp_path))  # fmt: skip
+    lengths = hc.train(args)["episodes"][:, 2]
+    assert (lengths.mean() < 15) if rho else (lengths.mean() > 17)
+
+
+@pytest.mark.parametrize("script", ["haepo_cartpole.py", "haepo_cartpole_jax.py"])
+def test_stuck_exploration_switches_on_only_when_every_episode_fails(tmp_path, script):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+        pytest.importorskip("optax")
+    mod = example(script)
+    kw = dict(progress=False, plot=False, out_dir=str(tmp_path))
+    # Acrobot seed 11: every random episode of the first batches times out at -500
+    ups = mod.train(mod.Args(env_id="Acrobot-v1", seed=11, total_timesteps=12_000, **kw))
+    ups = ups["updates"]
+    assert ups[0]["repeat"] == 0.0 and ups[0]["weighted_return"] == pytest.approx(-500.0)
+    assert ups[1]["repeat"] == 0.75  # the rollout after a stuck batch is sticky
+    off = mod.train(mod.Args(env_id="Acrobot-v1", seed=11, total_timesteps=8_000,
+                             stuck_repeat=0.0, **kw))["updates"]  # fmt: skip
+    assert all(u["repeat"] == 0.0 for u in off)
+
+
+def test_cartpole_never_turns_sticky(cartpole_run):
+    _, res, _ = cartpole_run
+    assert res["updates"] and all(u["repeat"] == 0.0 for u in res["updates"])
+
+
+@pytest.mark.parametrize("script", ["haepo_cartpole.py", "haepo_cartpole_jax.py"])
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), True])
+def test_stuck_repeat_must_be_a_probability_below_one(tmp_path, script, bad):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+    mod = example(script)
+    args = mod.Args(progress=False, out_dir=str(tmp_path), stuck_repeat=bad)
+    with pytest.raises(ValueError, match=r"--stuck-repeat: expected a probability in \[0, 1\)"):
+        mod.train(args)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "script", ["haepo_cartpole.py", "haepo_pendulum.py", "haepo_cartpole_jax.py"]
+)
+def test_help_explains_every_option_with_its_default(script, capsys):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+    mod = example(script)
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(mod.Args)]
+    assert sorted(mod.HELP) == sorted(fields)  # no option without a text, no stale text
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--help"])
+    out = capsys.readouterr().out
+    flat = "".join(out.split())  # argparse wraps lines, also at hyphens
+    for name in fields:
+        assert f"--{name.replace('_', '-')}" in out
+        assert "".join(mod.HELP[name].split()) in flat
+    target = "--target-kl TARGET_KL stop the epochs"
+    assert target in " ".join(out.split())
+    assert f"(default: {mod.Args().target_kl})" in " ".join(
+        out.split()
+    )  # entropy_coef / target_kl / ... show their defaults

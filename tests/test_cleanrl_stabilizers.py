@@ -1,5 +1,6 @@
-"""Stabilizers around the objective (adaptive coefficient, collapse monitor) and the wrappers'
-checks on the KL coefficient, the KL terms and the padded layout without entropy."""
+"""Stabilizers around the objective (adaptive coefficient, collapse monitor, stuck exploration)
+and the wrappers' checks on the KL coefficient, the KL terms and the padded layout without
+entropy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from haepo_adapters.cleanrl import (
     CollapseMonitor,
     CollapseWarning,
     StepTerms,
+    StuckExploration,
     haepo_padded_loss,
     haepo_trajectory_loss,
     rollout_to_trajectories,
@@ -196,3 +198,52 @@ def test_monitor_rejects_bad_measurements():
         mon.update(entropy=1.0, returns=[1.0, math.nan])
     with pytest.raises(ValueError, match="returns"):
         mon.update(entropy=1.0, returns=[])
+
+
+def test_stuck_exploration_turns_on_at_the_worst_return_and_decays_with_signal():
+    ex = StuckExploration(0.75, decay=0.5, cutoff=0.1)
+    assert ex.value == 0.0 and ex.repeat_logit == -math.inf  # off until a stuck batch
+    assert ex.update(np.full(8, -500.0)) == 0.75  # nothing better seen: stuck
+    assert ex.repeat_logit == pytest.approx(math.log(3.0))
+    assert ex.update([-500.0, -420.0, -500.0]) == 0.375  # a learning signal: decay
+    assert ex.update([-300.0, -100.0]) == 0.1875
+    assert ex.update(np.full(4, -500.0)) == 0.75  # back at the worst return: stuck again
+    assert ex.update([-90.0, -80.0]) == 0.375
+    assert ex.update([-90.0, -85.0]) == 0.1875
+    assert ex.update([-90.0, -85.0]) == 0.0  # below the cutoff: off
+    assert ex.update(np.full(4, -80.0)) == 0.0  # all equal but better than seen: converged
+    assert ex.stuck_updates == 2
+
+
+def test_stuck_exploration_never_fires_on_a_converged_run():
+    ex = StuckExploration(0.75)
+    for r in ([10.0, 24.0, 31.0], [120.0, 400.0], [500.0] * 8, [500.0] * 8, [500.0] * 8):
+        assert ex.update(r) == 0.0
+    assert ex.stuck_updates == 0
+
+
+def test_stuck_exploration_off_when_repeat_is_zero():
+    ex = StuckExploration(0.0)
+    assert ex.update(np.full(8, -500.0)) == 0.0 and ex.repeat_logit == -math.inf
+
+
+@pytest.mark.parametrize(
+    ("kw", "err", "match"),
+    [
+        (dict(repeat=1.0), ValueError, r"repeat: expected a probability in \[0, 1\), got 1.0"),
+        (dict(repeat=-0.1), ValueError, r"repeat: expected a value >= 0.0"),
+        (dict(repeat=float("nan")), ValueError, r"repeat: expected a finite number"),
+        (dict(repeat="0.5"), TypeError, r"repeat: expected a real number, got str"),
+        (dict(repeat=0.5, decay=1.0), ValueError, r"decay: expected a factor in \[0, 1\)"),
+        (dict(repeat=0.5, cutoff=-1.0), ValueError, r"cutoff: expected a value >= 0.0"),
+    ],
+)
+def test_stuck_exploration_rejects_bad_options(kw, err, match):
+    with pytest.raises(err, match=match):
+        StuckExploration(**kw)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
+def test_stuck_exploration_rejects_bad_returns(bad):
+    with pytest.raises(ValueError, match="returns: expected >= 1 finite values"):
+        StuckExploration(0.5).update(bad)

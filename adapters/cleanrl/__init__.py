@@ -4,12 +4,14 @@
   buffers (CleanRL ``dones`` or gymnasium ``terminated``/``truncated``, either autoreset mode)
   to whole-episode trajectories, packed and padded; unfinished episodes carried over.
 - :func:`categorical_terms`, :func:`gaussian_terms` (and the Gaussian closed forms): per-step
-  log-prob, exact entropy and exact KL to the frozen reference.
+  log-prob, exact entropy and exact KL to the frozen reference; :func:`sticky_logits`: a
+  categorical that repeats the previous action with a learned probability (exploration).
 - :func:`haepo_trajectory_loss`: the HAEPO loss of a :class:`Trajectories` batch;
   :func:`haepo_padded_loss`: the same on fixed-shape ``[M, T]`` arrays (jit-friendly).
 - :class:`AdaptiveCoefficient` (e.g. an entropy bonus raised while the entropy is below a
   floor) and :class:`CollapseMonitor` (warns once on entropy collapse or all-equal returns):
-  the training-loop stabilizers around the objective.
+  the training-loop stabilizers around the objective; :class:`StuckExploration` switches on
+  sticky exploration while every batch is stuck at one (worst) return.
 - torch: :class:`ReferencePolicy` (imports torch only when asked for).
 - JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
   when asked for).
@@ -30,6 +32,7 @@ from ._distributions import (
     gaussian_kl,
     gaussian_log_prob,
     gaussian_terms,
+    sticky_logits,
 )
 from ._episodes import (
     AUTORESET_MODES,
@@ -39,7 +42,13 @@ from ._episodes import (
     rollout_to_trajectories,
 )
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
-from ._stabilizers import ADAPTIVE_MODES, AdaptiveCoefficient, CollapseMonitor, CollapseWarning
+from ._stabilizers import (
+    ADAPTIVE_MODES,
+    AdaptiveCoefficient,
+    CollapseMonitor,
+    CollapseWarning,
+    StuckExploration,
+)
 
 _LAZY = {
     "ReferencePolicy": "._torch",
@@ -58,6 +67,7 @@ __all__ = [
     "ReferenceParams",
     "ReferencePolicy",
     "StepTerms",
+    "StuckExploration",
     "Trajectories",
     "TrajectoryBuilder",
     "categorical_terms",
@@ -69,6 +79,7 @@ __all__ = [
     "haepo_trajectory_loss",
     "make_haepo_loss_fn",
     "rollout_to_trajectories",
+    "sticky_logits",
     "to_jax",
 ]
 

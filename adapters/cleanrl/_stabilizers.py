@@ -6,7 +6,10 @@ controls a training loop wraps around it (see docs/cleanrl.md, "Stabilizers"):
 - :class:`AdaptiveCoefficient`: a regularization coefficient moved by a constant factor after
   each update to keep a measured statistic above a floor (the entropy bonus) or below a ceiling;
 - :class:`CollapseMonitor`: warns once when the policy entropy falls near zero, or when several
-  updates in a row see a batch whose returns are all equal (no policy gradient is left).
+  updates in a row see a batch whose returns are all equal (no policy gradient is left);
+- :class:`StuckExploration`: the repeat probability of a sticky policy
+  (:func:`~haepo_adapters.cleanrl.sticky_logits`), switched on while the batches carry no
+  learning signal at the worst return seen, and decayed away once they do.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ADAPTIVE_MODES", "AdaptiveCoefficient", "CollapseMonitor", "CollapseWarning"]
+__all__ = [
+    "ADAPTIVE_MODES",
+    "AdaptiveCoefficient",
+    "CollapseMonitor",
+    "CollapseWarning",
+    "StuckExploration",
+]
 
 ADAPTIVE_MODES = ("floor", "ceiling")
 
@@ -182,3 +191,80 @@ class CollapseMonitor:
         if kind not in self.warned:
             self.warned.add(kind)
             warnings.warn(msg, CollapseWarning, stacklevel=3)
+
+
+class StuckExploration:
+    r"""Sticky exploration while the rollouts are stuck: all returns equal, at the worst seen.
+
+    A batch whose returns are all equal gives HAEPO no policy gradient. If that return is no
+    better than every return seen so far (every Acrobot episode timing out at -500 before any
+    reached the goal), the policy is stuck, and a dithering policy may stay stuck for the
+    whole budget. If it is better than returns seen before (every CartPole episode at 500),
+    the policy has converged and should be left alone. After each update call :meth:`update`
+    with the batch's returns; :attr:`value` is then the repeat probability ``rho`` for the
+    next rollout and update (:func:`~haepo_adapters.cleanrl.sticky_logits` with
+    ``repeat_logit = log(rho / (1 - rho))``):
+
+    - stuck: ``rho = repeat`` (a policy that keeps an action for ``1 / (1 - rho)`` steps on
+      average reaches states a dithering one does not);
+    - otherwise: ``rho *= decay``, and ``rho = 0`` once below ``cutoff``.
+
+    ``rho`` starts at 0, so a run that is never stuck never explores this way. ``rho``
+    changes between updates only: each update's log-probs, entropy and KL are those of the
+    policy that collected its rollout.
+
+    Example:
+      >>> import numpy as np
+      >>> from haepo_adapters.cleanrl import StuckExploration
+      >>> ex = StuckExploration(repeat=0.75)
+      >>> [ex.update(r) for r in (np.full(8, -500.0), [-500.0, -320.0], np.full(8, -500.0))]
+      [0.75, 0.375, 0.75]
+      >>> ex.update([-200.0, -90.0]), ex.update(np.full(4, -90.0))  # -90 beats -500: converged
+      (0.375, 0.1875)
+    """
+
+    def __init__(
+        self, repeat: float, *, decay: float = 0.5, cutoff: float = 0.01, rtol: float = 1e-6
+    ) -> None:
+        self.repeat = _real("repeat", repeat, lo=0.0)
+        if self.repeat >= 1.0:
+            raise ValueError(f"repeat: expected a probability in [0, 1), got {self.repeat}")
+        self.decay = _real("decay", decay, lo=0.0)
+        if self.decay >= 1.0:
+            raise ValueError(f"decay: expected a factor in [0, 1), got {self.decay}")
+        self.cutoff = _real("cutoff", cutoff, lo=0.0)
+        self.rtol = _real("rtol", rtol, lo=0.0)
+        self.value = 0.0
+        self.worst = math.inf
+        self.stuck_updates = 0
+
+    def update(self, returns: Any) -> float:
+        """Record one batch's returns; returns the repeat probability for the next update."""
+        r = np.asarray(returns, dtype=np.float64).reshape(-1)
+        if r.size == 0 or not np.all(np.isfinite(r)):
+            raise ValueError(f"returns: expected >= 1 finite values, got {r.size} ({r[:4]}...)")
+        lo, hi = float(np.min(r)), float(np.max(r))
+        tol = self.rtol * max(1.0, abs(hi))
+        stuck = hi - lo <= tol and hi <= self.worst + tol
+        self.worst = min(self.worst, lo)
+        if stuck:
+            self.stuck_updates += 1
+            self.value = self.repeat
+        else:
+            self.value *= self.decay
+            if self.value < self.cutoff:
+                self.value = 0.0
+        return self.value
+
+    @property
+    def repeat_logit(self) -> float:
+        """``log(rho / (1 - rho))`` of the current :attr:`value` (``-inf`` at 0)."""
+        if self.value <= 0.0:
+            return -math.inf
+        return math.log(self.value / (1.0 - self.value))
+
+    def __repr__(self) -> str:
+        return (
+            f"StuckExploration(value={self.value:g}, repeat={self.repeat:g}, "
+            f"decay={self.decay:g}, worst={self.worst:g})"
+        )

@@ -16,8 +16,14 @@ in episodes (``min_episodes``), early stop of the epochs once the KL to the prev
 exceeds ``target_kl``, gradient-norm clipping (``max_grad_norm``), linear learning-rate
 annealing (``anneal_lr``), a learning rate steered by the KL each update moved the policy
 (``adaptive_lr``: divided by 1.5 after an update that moved it more than ``target_kl``,
-multiplied by 1.5 otherwise, within ``[learning_rate / 100, learning_rate]``), and an
-entropy bonus raised while the entropy is below ``entropy_floor * log(num_actions)``.
+multiplied by 1.5 otherwise, within ``[learning_rate / 100, learning_rate]``), an
+entropy bonus raised while the entropy is below ``entropy_floor * log(num_actions)``, and
+sticky exploration while the rollouts are stuck (``stuck_repeat``): after a batch whose
+returns are all equal and no better than any seen before (every Acrobot episode timing out),
+the policy repeats its previous action with probability ``stuck_repeat``, and that
+probability halves with every batch that carries a learning signal
+(:class:`haepo_adapters.cleanrl.StuckExploration`; the policy's log-probs, entropy and KL are
+those of that sticky mixture).
 The script warns once (``CollapseWarning``) when the
 entropy falls near 0 or when three updates in a row see all-equal returns. The same defaults
 serve every discrete task: ``--env-id Acrobot-v1``, ``--env-id LunarLander-v3``.
@@ -55,9 +61,11 @@ from haepo_adapters.cleanrl import (
     AdaptiveCoefficient,
     CollapseMonitor,
     ReferencePolicy,
+    StuckExploration,
     TrajectoryBuilder,
     categorical_terms,
     haepo_trajectory_loss,
+    sticky_logits,
 )
 from torch import nn
 from tqdm.auto import tqdm
@@ -75,7 +83,7 @@ class Args:
     anneal_lr: bool = True
     adaptive_lr: bool = True
     update_epochs: int = 4
-    target_kl: float = 0.02
+    target_kl: float = 0.01
     max_grad_norm: float = 0.5
     entropy_coef: float = 0.01
     entropy_floor: float = 0.1
@@ -84,6 +92,7 @@ class Args:
     length_normalize: bool = True
     min_episodes: int = 8
     group_starts: int = 0
+    stuck_repeat: float = 0.75
     hidden: int = 64
     torch_threads: int = 1
     out_dir: str = "runs"
@@ -93,14 +102,50 @@ class Args:
     moving_average: int = 20
 
 
+HELP = {  # --help text of each option
+    "exp_name": "run name: the run directory is <out-dir>/<exp-name>__<seed>__<time>",
+    "seed": "seed of the policy, the sampling and the envs",
+    "env_id": "gymnasium env id",
+    "total_timesteps": "env steps in all (summed over the envs)",
+    "num_envs": "envs stepped side by side",
+    "num_steps": "steps per env per rollout chunk",
+    "learning_rate": "Adam learning rate (the ceiling of the KL-steered rate)",
+    "anneal_lr": "anneal the learning rate linearly to ~0 over total-timesteps",
+    "adaptive_lr": "steer the learning rate by the KL each update moved the policy",
+    "update_epochs": "full-batch Adam steps per update, at most",
+    "target_kl": "stop the epochs once the mean KL to the previous policy exceeds it (0: off)",
+    "max_grad_norm": "clip the global gradient norm to it (0: off)",
+    "entropy_coef": "entropy bonus coefficient (raised while under --entropy-floor)",
+    "entropy_floor": "entropy floor, a fraction of log(num_actions)",
+    "kl_coef": "coefficient of the exact KL to the previous policy",
+    "temperature": "temperature of the Plackett-Luce softmax over the episodes",
+    "length_normalize": "softmax over per-step mean log-probs, not their sums",
+    "min_episodes": "finished episodes per update, at least",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "stuck_repeat": "repeat probability of the sticky policy used while stuck (0: off)",
+    "hidden": "width of the two hidden layers",
+    "torch_threads": "torch intra-op threads",
+    "out_dir": "directory of the run directories",
+    "tensorboard": "also write TensorBoard events",
+    "plot": "write curve.png (return, entropy, ESS)",
+    "progress": "show a tqdm progress bar",
+    "moving_average": "episodes in the reported moving average",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # "(default: ...)" after each
+    )
     for f in dataclasses.fields(Args):
-        name = f"--{f.name.replace('_', '-')}"
+        name, h = f"--{f.name.replace('_', '-')}", HELP[f.name]
         if isinstance(f.default, bool):
-            parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
+            parser.add_argument(
+                name, default=f.default, action=argparse.BooleanOptionalAction, help=h
+            )
         else:
-            parser.add_argument(name, type=type(f.default), default=f.default)
+            parser.add_argument(name, type=type(f.default), default=f.default, help=h)
     return Args(**vars(parser.parse_args(argv)))
 
 
@@ -153,6 +198,9 @@ def check_args(args: Args) -> None:
         raise ValueError(
             f"--adaptive-lr: needs --target-kl > 0 (the KL it steers to), got {args.target_kl!r}"
         )
+    r = args.stuck_repeat
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 <= r < 1.0):
+        raise ValueError(f"--stuck-repeat: expected a probability in [0, 1) (0: off), got {r!r}")
     if not (0.0 <= args.entropy_floor < 1.0):
         raise ValueError(
             f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
@@ -167,7 +215,12 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> 
 
 
 class Actor(nn.Module):
-    """CleanRL's PPO actor: obs -> 64 tanh -> 64 tanh -> logits (the PPO baseline uses it too)."""
+    """CleanRL's PPO actor: obs -> 64 tanh -> 64 tanh -> logits (the PPO baseline uses it too).
+
+    ``forward(obs, prev, repeat_logit)`` returns the log-probs of the sticky categorical of
+    :func:`haepo_adapters.cleanrl.sticky_logits` instead: each step's previous action (``prev``,
+    ``-1``: none) is repeated with probability ``sigmoid(repeat_logit)`` (``-inf``: never).
+    """
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64) -> None:
         super().__init__()
@@ -179,8 +232,16 @@ class Actor(nn.Module):
             layer_init(nn.Linear(hidden, n_actions), std=0.01),
         )
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+    def forward(
+        self,
+        obs: torch.Tensor,
+        prev: torch.Tensor | None = None,
+        repeat_logit: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = self.net(obs)
+        if prev is None or repeat_logit is None or not bool(torch.isfinite(repeat_logit).any()):
+            return logits  # never sticky here: the plain categorical, exactly
+        return sticky_logits(logits, repeat_logit.to(logits.dtype), prev)
 
 
 class GroupedStarts(gym.Wrapper):
@@ -309,6 +370,9 @@ def train(args: Args) -> dict[str, object]:
         max_value=max(100 * args.entropy_coef, 1e-3),
     )
     monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
+    # While every batch is stuck at one return no better than any seen (all Acrobot episodes
+    # timing out), the policy repeats its previous action with probability stuck_repeat.
+    explore = StuckExploration(args.stuck_repeat)
     lr_ctl = None
     if args.adaptive_lr:
         lr_ctl = AdaptiveCoefficient(
@@ -327,6 +391,10 @@ def train(args: Args) -> dict[str, object]:
     group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
     start_key = group_of_env.astype(np.int64) << 32
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
+    # Each env's previous action, for the sticky policy: -1 on the first step of an episode
+    # (and on the reset step after a done, whose action the env ignores).
+    prev = torch.full((args.num_envs,), -1, dtype=torch.int64)
+    reset_step = np.zeros(args.num_envs, dtype=bool)
     global_step = 0
     start = time.time()
     update = 0
@@ -335,20 +403,26 @@ def train(args: Args) -> dict[str, object]:
         # A batch is counted in episodes: step the envs num_steps at a time until at least
         # min_episodes episodes have finished (unfinished ones are carried over), so an update
         # never rests on 2-3 long episodes.
-        obs_l, act_l, rew_l, term_l, trunc_l, key_l = [], [], [], [], [], []
+        obs_l, act_l, rew_l, term_l, trunc_l, key_l, prev_l, rep_l = ([] for _ in range(8))
         finished = 0
         while global_step < args.total_timesteps and (
             len(obs_l) < args.num_steps or finished < args.min_episodes
         ):
             global_step += args.num_envs
             obs_l.append(next_obs)
+            rep = torch.full((args.num_envs,), explore.repeat_logit)
             with torch.no_grad():
-                logits = actor(next_obs)
+                logits = actor(next_obs, prev, rep)
             action = torch.distributions.Categorical(logits=logits).sample()
             act_l.append(action)
+            prev_l.append(prev)
+            rep_l.append(rep)
             key_l.append(start_key.copy())
             next_obs, reward, term, trunc, info = envs.step(action.numpy())
             start_key += (term | trunc).astype(np.int64)  # the next episode's start
+            done = term | trunc
+            prev = torch.where(torch.as_tensor(done | reset_step), -1, action)
+            reset_step = done  # the next step of a done env is its reset step
             rew_l.append(reward)
             term_l.append(term)
             trunc_l.append(trunc)
@@ -369,6 +443,8 @@ def train(args: Args) -> dict[str, object]:
             obs=torch.stack(obs_l),
             actions=torch.stack(act_l),
             start=torch.as_tensor(np.asarray(key_l)),
+            prev=torch.stack(prev_l),
+            repeat_logit=torch.stack(rep_l),
         )
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
@@ -381,13 +457,19 @@ def train(args: Args) -> dict[str, object]:
         if args.anneal_lr:
             lr *= max(1.0 - global_step / args.total_timesteps, 0.0) + 1e-3
         optimizer.param_groups[0]["lr"] = lr
-        row = {"update": update, "global_step": global_step, "episodes": traj.num_trajectories}
+        row = {
+            "update": update,
+            "global_step": global_step,
+            "episodes": traj.num_trajectories,
+        }
         obs_b, act_b = traj.steps["obs"], traj.steps["actions"]
+        # each step's previous action and the repeat logit it was collected with
+        sticky_b = traj.steps["prev"], traj.steps["repeat_logit"]
         with torch.no_grad():
-            ref_logits = reference(obs_b)
+            ref_logits = reference(obs_b, *sticky_b)
         epochs = 0
         for _ in range(args.update_epochs):
-            terms = categorical_terms(actor(obs_b), act_b, ref_logits)
+            terms = categorical_terms(actor(obs_b, *sticky_b), act_b, ref_logits)
             res = haepo_trajectory_loss(
                 traj,
                 terms,
@@ -411,13 +493,17 @@ def train(args: Args) -> dict[str, object]:
             optimizer.step()
             epochs += 1
         with torch.no_grad():  # how far this update moved the policy (exact mean KL)
-            row["kl"] = float(categorical_terms(actor(obs_b), act_b, ref_logits).kl.mean())
+            row["kl"] = float(
+                categorical_terms(actor(obs_b, *sticky_b), act_b, ref_logits).kl.mean()
+            )
         reference.step()
         row.update(epochs=epochs, entropy_coef=ent_coef.value, learning_rate=lr)
+        row["repeat"] = explore.value  # of the rollout that ended with this update
         ent_coef.update(row["entropy"])
         if lr_ctl is not None:
             lr_ctl.update(row["kl"])
         monitor.update(entropy=row["entropy"], returns=traj.returns)
+        explore.update(traj.returns)
         updates.append(row)
         if writer is not None:
             for k, v in row.items():

@@ -23,7 +23,9 @@ previous policy exceeds ``target_kl`` (the remaining ones leave the parameters u
 ``max_grad_norm`` (``optax.clip_by_global_norm``), linear ``anneal_lr``, the KL-steered
 learning rate ``adaptive_lr``, and the entropy bonus raised while the entropy is below
 ``entropy_floor * log(num_actions)`` (the rate and the bonus reach the jitted update as traced
-scalars: no recompile); the same collapse warnings and ``curve.png`` panels.
+scalars: no recompile), sticky exploration while the rollouts are stuck (``stuck_repeat``; the
+previous action and the repeat logit ride in the policy's input, so they are traced too);
+the same collapse warnings and ``curve.png`` panels.
 
 ``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
 replaying one sequence of start states, and ranks each episode only against the episodes of
@@ -55,8 +57,10 @@ from haepo_adapters.cleanrl import (
     AdaptiveCoefficient,
     CollapseMonitor,
     ReferenceParams,
+    StuckExploration,
     TrajectoryBuilder,
     make_haepo_loss_fn,
+    sticky_logits,
 )
 from tqdm.auto import tqdm
 
@@ -71,11 +75,12 @@ class Args:
     num_steps: int = 32
     episodes_per_update: int = 8
     group_starts: int = 0
+    stuck_repeat: float = 0.75
     learning_rate: float = 1e-2
     anneal_lr: bool = True
     adaptive_lr: bool = True
     update_epochs: int = 4
-    target_kl: float = 0.02
+    target_kl: float = 0.01
     max_grad_norm: float = 0.5
     entropy_coef: float = 0.01
     entropy_floor: float = 0.1
@@ -89,14 +94,48 @@ class Args:
     moving_average: int = 20
 
 
+HELP = {  # --help text of each option
+    "exp_name": "run name: the run directory is <out-dir>/<exp-name>__<seed>__<time>",
+    "seed": "seed of the policy, the sampling and the envs",
+    "env_id": "gymnasium env id",
+    "total_timesteps": "env steps in all (summed over the envs)",
+    "num_envs": "envs stepped side by side",
+    "num_steps": "steps per env per rollout chunk",
+    "episodes_per_update": "episodes per update, exactly (fixed shapes: one compile)",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "stuck_repeat": "repeat probability of the sticky policy used while stuck (0: off)",
+    "learning_rate": "Adam learning rate (the ceiling of the KL-steered rate)",
+    "anneal_lr": "anneal the learning rate linearly to ~0 over total-timesteps",
+    "adaptive_lr": "steer the learning rate by the KL each update moved the policy",
+    "update_epochs": "full-batch Adam steps per update, at most",
+    "target_kl": "stop the epochs once the mean KL to the previous policy exceeds it (0: off)",
+    "max_grad_norm": "clip the global gradient norm to it (0: off)",
+    "entropy_coef": "entropy bonus coefficient (raised while under --entropy-floor)",
+    "entropy_floor": "entropy floor, a fraction of log(num_actions)",
+    "kl_coef": "coefficient of the exact KL to the previous policy",
+    "temperature": "temperature of the Plackett-Luce softmax over the episodes",
+    "length_normalize": "softmax over per-step mean log-probs, not their sums",
+    "hidden": "width of the two hidden layers",
+    "out_dir": "directory of the run directories",
+    "plot": "write curve.png (return, entropy, ESS)",
+    "progress": "show a tqdm progress bar",
+    "moving_average": "episodes in the reported moving average",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # "(default: ...)" after each
+    )
     for f in dataclasses.fields(Args):
-        name = f"--{f.name.replace('_', '-')}"
+        name, h = f"--{f.name.replace('_', '-')}", HELP[f.name]
         if isinstance(f.default, bool):
-            parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
+            parser.add_argument(
+                name, default=f.default, action=argparse.BooleanOptionalAction, help=h
+            )
         else:
-            parser.add_argument(name, type=type(f.default), default=f.default)
+            parser.add_argument(name, type=type(f.default), default=f.default, help=h)
     return Args(**vars(parser.parse_args(argv)))
 
 
@@ -146,6 +185,9 @@ def check_args(args: Args) -> None:
         raise ValueError(
             f"--adaptive-lr: needs --target-kl > 0 (the KL it steers to), got {args.target_kl!r}"
         )
+    r = args.stuck_repeat
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 <= r < 1.0):
+        raise ValueError(f"--stuck-repeat: expected a probability in [0, 1) (0: off), got {r!r}")
     if not (0.0 <= args.entropy_floor < 1.0):
         raise ValueError(
             f"--entropy-floor: expected a fraction of log(num_actions) in [0, 1), "
@@ -154,17 +196,28 @@ def check_args(args: Args) -> None:
 
 
 class Actor(nn.Module):
-    """obs -> 64 tanh -> 64 tanh -> logits, orthogonal init as CleanRL's PPO actor."""
+    """obs -> 64 tanh -> 64 tanh -> logits, orthogonal init as CleanRL's PPO actor.
+
+    With ``sticky=True`` the input's last two columns are each env's previous action (``-1``:
+    none; small ints are exact in float32) and the logit of the repeat probability (``-inf``:
+    off), and the output is the sticky categorical's log-probs
+    (:func:`haepo_adapters.cleanrl.sticky_logits`). Carrying both in the input keeps the
+    padded batch's ``obs`` one ``[M, T, d + 2]`` array and the update compiled once.
+    """
 
     n_actions: int
     hidden: int = 64
+    sticky: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         init = nn.initializers.orthogonal
+        if self.sticky:
+            x, prev, g = x[:, :-2], x[:, -2].astype(jnp.int32), x[:, -1]
         x = nn.tanh(nn.Dense(self.hidden, kernel_init=init(np.sqrt(2)))(x))
         x = nn.tanh(nn.Dense(self.hidden, kernel_init=init(np.sqrt(2)))(x))
-        return nn.Dense(self.n_actions, kernel_init=init(0.01))(x)
+        logits = nn.Dense(self.n_actions, kernel_init=init(0.01))(x)
+        return sticky_logits(logits, g, prev) if self.sticky else logits
 
 
 class GroupedStarts(gym.Wrapper):
@@ -266,9 +319,12 @@ def train(args: Args) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
 
     envs = make_envs(args)
-    obs_dim = envs.single_observation_space.shape[0]
+    # the policy's input: the observation, and for the sticky policy the previous action and
+    # the repeat logit
+    sticky = args.stuck_repeat > 0
+    obs_dim = envs.single_observation_space.shape[0] + 2 * sticky
     n_actions = int(envs.single_action_space.n)
-    actor = Actor(n_actions, args.hidden)
+    actor = Actor(n_actions, args.hidden, sticky)
     key, init_key = jax.random.split(key)
     params = actor.init(init_key, jnp.zeros((1, obs_dim)))
     clip = optax.clip_by_global_norm(args.max_grad_norm) if args.max_grad_norm > 0 else None
@@ -287,6 +343,9 @@ def train(args: Args) -> dict[str, object]:
         max_value=max(100 * args.entropy_coef, 1e-3),
     )
     monitor = CollapseMonitor(entropy_threshold=0.01 * max_entropy, patience=3)
+    # While every batch is stuck at one return no better than any seen (all Acrobot episodes
+    # timing out), the policy repeats its previous action with probability stuck_repeat.
+    explore = StuckExploration(args.stuck_repeat)
     # The KL-steered learning rate of the torch script: divided by 1.5 after an update that
     # moved the policy more than target_kl, multiplied by 1.5 otherwise, within [lr/100, lr].
     lr_ctl = None
@@ -376,6 +435,10 @@ def train(args: Args) -> dict[str, object]:
     episodes: list[tuple[int, float, int]] = []
     updates: list[dict[str, float]] = []
     next_obs, _ = envs.reset(seed=args.seed)
+    # Each env's previous action, for the sticky policy: -1 on the first step of an episode
+    # (and on the reset step after a done, whose action the env ignores).
+    prev = np.full(e, -1, dtype=np.int64)
+    reset_step = np.zeros(e, dtype=bool)
     # Which start each step's episode had: (group, episode index) packed in one int64.
     group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
     start_key = group_of_env.astype(np.int64) << 32
@@ -388,13 +451,20 @@ def train(args: Args) -> dict[str, object]:
     for _chunk in range(num_chunks):
         for step in range(s):
             global_step += e
-            obs_buf[step] = next_obs
-            action, key = act(params, jnp.asarray(next_obs, jnp.float32), key)
+            if sticky:
+                g = np.full(e, explore.repeat_logit)
+                obs_buf[step] = np.concatenate([next_obs, prev[:, None], g[:, None]], axis=1)
+            else:
+                obs_buf[step] = next_obs
+            action, key = act(params, jnp.asarray(obs_buf[step]), key)
             action = np.asarray(action)
             act_buf[step] = action
             key_buf[step] = start_key
             next_obs, reward, term, trunc, info = envs.step(action)
             start_key += (term | trunc).astype(np.int64)  # the next episode's start
+            done = term | trunc
+            prev = np.where(done | reset_step, -1, action)
+            reset_step = done  # the next step of a done env is its reset step
             rew_buf[step], term_buf[step], trunc_buf[step] = reward, term, trunc
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
@@ -448,6 +518,8 @@ def train(args: Args) -> dict[str, object]:
         if lr_ctl is not None:
             lr_ctl.update(row["kl"])
         monitor.update(entropy=row["entropy"], returns=batch_e["returns"])
+        row["repeat"] = explore.value  # of the rollout that ended with this update
+        explore.update(batch_e["returns"])
         updates.append(row)
         if episodes:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))

@@ -83,14 +83,49 @@ class Args:
     moving_average: int = 20
 
 
+HELP = {  # --help text of each option
+    "exp_name": "run name: the run directory is <out-dir>/<exp-name>__<seed>__<time>",
+    "seed": "seed of the policy, the sampling and the envs",
+    "env_id": "gymnasium env id",
+    "total_timesteps": "env steps in all (summed over the envs)",
+    "num_envs": "envs stepped side by side",
+    "num_steps": "steps per env per rollout chunk",
+    "learning_rate": "Adam learning rate (the ceiling of the KL-steered rate)",
+    "anneal_lr": "anneal the learning rate linearly to ~0 over total-timesteps",
+    "adaptive_lr": "steer the learning rate by the KL each update moved the policy",
+    "update_epochs": "full-batch Adam steps per update, at most",
+    "target_kl": "stop the epochs once the mean KL to the previous policy exceeds it (0: off)",
+    "max_grad_norm": "clip the global gradient norm to it (0: off)",
+    "entropy_coef": "entropy bonus coefficient (raised while under --entropy-floor)",
+    "entropy_floor": "entropy floor in nats per action dimension",
+    "kl_coef": "coefficient of the exact KL to the previous policy",
+    "temperature": "temperature of the Plackett-Luce softmax over the episodes",
+    "length_normalize": "softmax over per-step mean log-probs, not their sums",
+    "min_episodes": "finished episodes per update, at least",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "hidden": "width of the two hidden layers",
+    "torch_threads": "torch intra-op threads",
+    "out_dir": "directory of the run directories",
+    "tensorboard": "also write TensorBoard events",
+    "plot": "write curve.png (return, entropy, ESS)",
+    "progress": "show a tqdm progress bar",
+    "moving_average": "episodes in the reported moving average",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # "(default: ...)" after each
+    )
     for f in dataclasses.fields(Args):
-        name = f"--{f.name.replace('_', '-')}"
+        name, h = f"--{f.name.replace('_', '-')}", HELP[f.name]
         if isinstance(f.default, bool):
-            parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
+            parser.add_argument(
+                name, default=f.default, action=argparse.BooleanOptionalAction, help=h
+            )
         else:
-            parser.add_argument(name, type=type(f.default), default=f.default)
+            parser.add_argument(name, type=type(f.default), default=f.default, help=h)
     return Args(**vars(parser.parse_args(argv)))
 
 
