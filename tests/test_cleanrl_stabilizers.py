@@ -247,3 +247,22 @@ def test_stuck_exploration_rejects_bad_options(kw, err, match):
 def test_stuck_exploration_rejects_bad_returns(bad):
     with pytest.raises(ValueError, match="returns: expected >= 1 finite values"):
         StuckExploration(0.5).update(bad)
+
+
+def _equal_returns_message(batches: list[list[float]]) -> str:
+    mon = CollapseMonitor(entropy_threshold=0.0, patience=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for r in batches:
+            mon.update(entropy=0.5, returns=r)
+    (msg,) = [x for x in w if issubclass(x.category, CollapseWarning)]
+    return str(msg.message)
+
+
+def test_equal_returns_warning_tells_converged_stuck_and_collapsed_apart():
+    converged = _equal_returns_message([[20.0, 90.0], [500.0] * 4, [500.0] * 4])
+    assert "best seen so far" in converged and "converged" in converged
+    stuck = _equal_returns_message([[-500.0] * 8, [-500.0] * 8])
+    assert "no return so far was better" in stuck and "stuck" in stuck
+    collapsed = _equal_returns_message([[-90.0, -500.0], [-500.0] * 8, [-500.0] * 8])
+    assert "a collapse" in collapsed and "best -90" in collapsed

@@ -127,7 +127,10 @@ class CollapseMonitor:
       deterministic and explores no more.
     - **equal returns**: ``patience`` updates in a row had batches whose returns are all equal
       (up to ``rtol``): their z-scored returns are all 0 and the policy term has no gradient
-      (e.g. every Acrobot episode timing out at -500).
+      (e.g. every Acrobot episode timing out at -500). The warning says which case it is,
+      from every return seen so far: *converged* (the best return seen, and worse ones were
+      seen: e.g. every CartPole episode at 500), *stuck* (nothing better was ever seen: no
+      first success yet) or *a collapse* (better returns were seen before).
 
     Each warning is a :class:`CollapseWarning` issued once (the first time); :attr:`events`
     keeps ``(update, kind)`` for every update where a condition held.
@@ -152,6 +155,7 @@ class CollapseMonitor:
         self.rtol = _real("rtol", rtol, lo=0.0)
         self.updates = 0
         self.equal_streak = 0
+        self.best, self.worst = -math.inf, math.inf  # over every return seen so far
         self.warned: set[str] = set()
         self.events: list[tuple[int, str]] = []
 
@@ -181,11 +185,23 @@ class CollapseMonitor:
                 "equal_returns",
                 f"HAEPO has no learning signal: {self.equal_streak} updates in a row with "
                 f"all-equal returns (last: {r[0]:.6g} x {r.size}) at update {self.updates}; "
-                "their normalized returns are 0 and the policy term has no gradient (fine if "
-                "that is the task's best return, a collapse otherwise)",
+                "their normalized returns are 0 and the policy term has no gradient: "
+                + self._diagnosis(float(r[0])),
             )
+        self.best = max(self.best, float(np.max(r)))
+        self.worst = min(self.worst, float(np.min(r)))
         self.events += [(self.updates, k) for k in held]
         return held
+
+    def _diagnosis(self, value: float) -> str:
+        tol = self.rtol * max(1.0, abs(value))
+        if value >= self.best - tol and self.worst < value - tol:
+            return "every return equals the best seen so far (likely the task's maximum: converged)"
+        if value >= self.best - tol:
+            return (
+                "no return so far was better (stuck before a first success: an exploration problem)"
+            )
+        return f"better returns were seen before (best {self.best:.6g}): a collapse"
 
     def _warn(self, kind: str, msg: str) -> None:
         if kind not in self.warned:
