@@ -356,6 +356,31 @@ def test_grouped_starts_replay_one_start_sequence_per_group(script):
     assert not np.array_equal(ungrouped[0][0], ungrouped[1][0])  # off: independent starts
 
 
+@pytest.mark.parametrize("script", GROUPED)
+def test_group_starts_minus_one_puts_every_env_in_one_group(script):
+    if script.endswith("_jax.py"):
+        pytest.importorskip("flax")
+    mod = example(script)
+    env_id = "Pendulum-v1" if "pendulum" in script else "CartPole-v1"
+    steps = 450 if "pendulum" in script else 120
+    firsts = _first_obs_per_episode(
+        mod.make_envs(mod.Args(env_id=env_id, num_envs=4, group_starts=-1, seed=3)), steps, seed=3
+    )
+    k = min(len(f) for f in firsts)
+    assert k >= 2
+    for other in firsts[1:]:  # one group: every env replays env 0's starts
+        np.testing.assert_array_equal(np.stack(other[:k]), np.stack(firsts[0][:k]))
+
+
+def test_continuous_default_groups_all_envs_whatever_their_number():
+    hp = example("haepo_pendulum.py")
+    assert hp.Args().group_starts == -1
+    for n in (1, 4, 16):
+        args = hp.Args(num_envs=n)
+        hp.check_args(args)  # no --group-starts to fix when --num-envs changes
+        assert hp.group_size(args) == n
+
+
 @pytest.mark.parametrize("script", ["haepo_cartpole.py", "haepo_pendulum.py"])
 def test_grouped_starts_make_one_loss_group_per_start(tmp_path, monkeypatch, script):
     mod = example(script)
@@ -377,13 +402,19 @@ def test_grouped_starts_make_one_loss_group_per_start(tmp_path, monkeypatch, scr
     grouped = 0
     for ids, first_obs in seen:
         assert ids.shape == (first_obs.shape[0],)
+        # the start of each episode, as the index of its first observation among the batch's
+        _, start, count = np.unique(first_obs, axis=0, return_inverse=True, return_counts=True)
+        start = start.reshape(-1)
+        pools = 0
         for g in np.unique(ids):
-            members = first_obs[ids == g]
-            np.testing.assert_allclose(members, np.broadcast_to(members[0], members.shape))
-            grouped += len(members) > 1
-        if len(np.unique(ids)) > 1:  # different starts never share a group
-            reps = np.stack([first_obs[ids == g][0] for g in np.unique(ids)])
-            assert len(np.unique(reps, axis=0)) == len(reps)
+            members = start[ids == g]
+            if np.all(count[members] == 1):  # the pool: episodes alone of their start here
+                pools += 1
+            else:  # one start, and all of its episodes in the batch
+                assert len(np.unique(members)) == 1 and len(members) == count[members[0]]
+                grouped += 1
+        assert pools <= 1
+        assert all(len(np.unique(ids[start == k])) == 1 for k in np.unique(start))  # no split
     assert grouped > 0
     assert all(u["num_groups"] >= 1 for u in ups) and max(u["num_groups"] for u in ups) > 1
 

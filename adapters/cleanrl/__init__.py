@@ -6,6 +6,8 @@
 - :func:`categorical_terms`, :func:`gaussian_terms` (and the Gaussian closed forms): per-step
   log-prob, exact entropy and exact KL to the frozen reference; :func:`sticky_logits`: a
   categorical that repeats the previous action with a learned probability (exploration).
+- :func:`start_groups`: group labels from each episode's start key (grouped starts), an
+  episode alone of its start in the batch pooled with the others alone.
 - :func:`haepo_trajectory_loss`: the HAEPO loss of a :class:`Trajectories` batch;
   :func:`haepo_padded_loss`: the same on fixed-shape ``[M, T]`` arrays (jit-friendly).
 - :class:`AdaptiveCoefficient` (e.g. an entropy bonus raised while the entropy is below a
@@ -41,6 +43,7 @@ from ._episodes import (
     TrajectoryBuilder,
     rollout_to_trajectories,
 )
+from ._groups import start_groups
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
 from ._stabilizers import (
     ADAPTIVE_MODES,
@@ -79,6 +82,7 @@ __all__ = [
     "haepo_trajectory_loss",
     "make_haepo_loss_fn",
     "rollout_to_trajectories",
+    "start_groups",
     "sticky_logits",
     "to_jax",
 ]

@@ -34,9 +34,10 @@ Why these defaults: CartPole episodes last up to 500 steps, so the summed log-li
 ``length_normalize`` (softmax over per-step mean log-probs) keeps the ESS close to the number
 of episodes; see docs/cleanrl.md and the ablation in docs/benchmarks.md.
 
-``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
-replaying one sequence of start states, and ranks each episode only against the episodes of
-the same start (``group_ids``), as GRPO ranks the completions of one prompt.
+``--group-starts N`` (off by default; -1: all envs in one group) seeds every reset so that the
+envs come in groups of N replaying one sequence of start states, and ranks each episode only
+against the episodes of the same start (``group_ids``), as GRPO ranks the completions of one
+prompt; an episode alone of its start in a batch is pooled with the batch's other lone ones.
 
 Writes ``runs/<run_name>/metrics.csv`` (one row per finished episode), ``updates.csv`` (one
 row per update), ``curve.png`` (return curve, with entropy and ESS under it), optionally
@@ -65,6 +66,7 @@ from haepo_adapters.cleanrl import (
     TrajectoryBuilder,
     categorical_terms,
     haepo_trajectory_loss,
+    start_groups,
     sticky_logits,
 )
 from torch import nn
@@ -121,7 +123,8 @@ HELP = {  # --help text of each option
     "temperature": "temperature of the Plackett-Luce softmax over the episodes",
     "length_normalize": "softmax over per-step mean log-probs, not their sums",
     "min_episodes": "finished episodes per update, at least",
-    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (-1: all "
+    "envs in one group; 0: off)",
     "stuck_repeat": "repeat probability of the sticky policy used while stuck (0: off)",
     "hidden": "width of the two hidden layers",
     "torch_threads": "torch intra-op threads",
@@ -168,12 +171,12 @@ def check_args(args: Args) -> None:
         isinstance(g, bool)
         or not isinstance(g, int)
         or g == 1
-        or g < 0
-        or (g and args.num_envs % g)
+        or g < -1
+        or (g > 0 and args.num_envs % g)
     ):
         raise ValueError(
-            f"--group-starts: expected 0 (off) or an int >= 2 dividing --num-envs = "
-            f"{args.num_envs}, got {g!r}"
+            f"--group-starts: expected -1 (all envs in one group), 0 (off) or an int >= 2 "
+            f"dividing --num-envs = {args.num_envs}, got {g!r}"
         )
     for name, lo, strict in (
         ("learning_rate", 0.0, True),
@@ -264,12 +267,17 @@ class GroupedStarts(gym.Wrapper):
         return self.env.reset(seed=int(ss.generate_state(1)[0]), options=options)
 
 
+def group_size(args: Args) -> int:
+    """Envs per start group: ``--group-starts``, all envs for -1, 0 when off."""
+    return args.num_envs if args.group_starts == -1 else args.group_starts
+
+
 def make_envs(args: Args) -> gym.vector.VectorEnv:
     # gymnasium 1.x default autoreset is NEXT_STEP: the step after a done is a reset step
     # (action ignored, reward 0); TrajectoryBuilder(autoreset="next_step") skips it, and
     # RecordEpisodeStatistics reports each finished episode's return in info["episode"].
     if args.group_starts:
-        g = args.group_starts
+        g = group_size(args)
         fns = [
             lambda i=i: GroupedStarts(gym.make(args.env_id), args.seed, i // g)
             for i in range(args.num_envs)
@@ -388,7 +396,7 @@ def train(args: Args) -> dict[str, object]:
     next_obs, _ = envs.reset(seed=args.seed)
     # Which start each step's episode had: (group, episode index) packed in one int64; the
     # episodes of one start form one HAEPO group under --group-starts.
-    group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
+    group_of_env = np.arange(args.num_envs) // max(group_size(args), 1)
     start_key = group_of_env.astype(np.int64) << 32
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     # Each env's previous action, for the sticky policy: -1 on the first step of an episode
@@ -451,7 +459,8 @@ def train(args: Args) -> dict[str, object]:
         group_ids = None
         if args.group_starts:
             first = np.cumsum(traj.lengths) - traj.lengths  # each episode's first step
-            group_ids = np.unique(traj.steps["start"].numpy()[first], return_inverse=True)[1]
+            # one group per start; an episode alone of its start here is pooled (start_groups)
+            group_ids = start_groups(traj.steps["start"].numpy()[first])
         update += 1
         lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:

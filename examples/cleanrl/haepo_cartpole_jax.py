@@ -27,9 +27,10 @@ scalars: no recompile), sticky exploration while the rollouts are stuck (``stuck
 previous action and the repeat logit ride in the policy's input, so they are traced too);
 the same collapse warnings and ``curve.png`` panels.
 
-``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
-replaying one sequence of start states, and ranks each episode only against the episodes of
-the same start (``group_ids``), as GRPO ranks the completions of one prompt.
+``--group-starts N`` (off by default; -1: all envs in one group) seeds every reset so that the
+envs come in groups of N replaying one sequence of start states, and ranks each episode only
+against the episodes of the same start (``group_ids``), as GRPO ranks the completions of one
+prompt; an episode alone of its start in a batch is pooled with the batch's other lone ones.
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png`` (return, entropy,
 ESS); prints the final 20-episode moving-average return.
@@ -60,6 +61,7 @@ from haepo_adapters.cleanrl import (
     StuckExploration,
     TrajectoryBuilder,
     make_haepo_loss_fn,
+    start_groups,
     sticky_logits,
 )
 from tqdm.auto import tqdm
@@ -102,7 +104,8 @@ HELP = {  # --help text of each option
     "num_envs": "envs stepped side by side",
     "num_steps": "steps per env per rollout chunk",
     "episodes_per_update": "episodes per update, exactly (fixed shapes: one compile)",
-    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (-1: all "
+    "envs in one group; 0: off)",
     "stuck_repeat": "repeat probability of the sticky policy used while stuck (0: off)",
     "learning_rate": "Adam learning rate (the ceiling of the KL-steered rate)",
     "anneal_lr": "anneal the learning rate linearly to ~0 over total-timesteps",
@@ -155,12 +158,12 @@ def check_args(args: Args) -> None:
         isinstance(g, bool)
         or not isinstance(g, int)
         or g == 1
-        or g < 0
-        or (g and args.num_envs % g)
+        or g < -1
+        or (g > 0 and args.num_envs % g)
     ):
         raise ValueError(
-            f"--group-starts: expected 0 (off) or an int >= 2 dividing --num-envs = "
-            f"{args.num_envs}, got {g!r}"
+            f"--group-starts: expected -1 (all envs in one group), 0 (off) or an int >= 2 "
+            f"dividing --num-envs = {args.num_envs}, got {g!r}"
         )
     for name, lo, strict in (
         ("learning_rate", 0.0, True),
@@ -242,7 +245,7 @@ class GroupedStarts(gym.Wrapper):
 
 def make_envs(args: Args) -> gym.vector.VectorEnv:
     if args.group_starts:
-        g = args.group_starts
+        g = group_size(args)
         fns = [
             lambda i=i: GroupedStarts(gym.make(args.env_id), args.seed, i // g)
             for i in range(args.num_envs)
@@ -252,6 +255,11 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
         envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def group_size(args: Args) -> int:
+    """Envs per start group: ``--group-starts``, all envs for -1, 0 when off."""
+    return args.num_envs if args.group_starts == -1 else args.group_starts
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -419,9 +427,9 @@ def train(args: Args) -> dict[str, object]:
             obs[i, : len(a)], acts[i, : len(a)], mask[i, : len(a)] = o, a, True
         rets = np.array([ep[2] for ep in eps], np.float32)
         batch = {"obs": obs, "actions": acts, "mask": mask, "returns": rets}
-        if args.group_starts:  # the episodes of one start form one HAEPO group
-            keys = np.array([ep[3] for ep in eps])
-            batch["group_ids"] = np.unique(keys, return_inverse=True)[1].astype(np.int32)
+        if args.group_starts:  # the episodes of one start form one HAEPO group; an episode
+            keys = np.array([ep[3] for ep in eps])  # alone of its start is pooled
+            batch["group_ids"] = start_groups(keys).astype(np.int32)
         return batch
 
     s, e = args.num_steps, args.num_envs
@@ -440,7 +448,7 @@ def train(args: Args) -> dict[str, object]:
     prev = np.full(e, -1, dtype=np.int64)
     reset_step = np.zeros(e, dtype=bool)
     # Which start each step's episode had: (group, episode index) packed in one int64.
-    group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
+    group_of_env = np.arange(args.num_envs) // max(group_size(args), 1)
     start_key = group_of_env.astype(np.int64) << 32
     global_step = 0
     start = time.time()

@@ -19,9 +19,13 @@ The stabilizers of ``haepo_cartpole.py`` (batches of at least ``min_episodes`` e
 nats per action dimension) with the continuous defaults; the same defaults serve every
 continuous task (``--env-id InvertedPendulum-v5``).
 
-``--group-starts N`` (off by default) seeds every reset so that the envs come in groups of N
-replaying one sequence of start states, and ranks each episode only against the episodes of
-the same start (``group_ids``), as GRPO ranks the completions of one prompt.
+Grouped starts (``--group-starts -1``, the default: all envs in one group; ``N`` for groups
+of N envs, 0 for off) seed every reset so that the envs of a group replay one sequence of
+start states, and rank each episode only against the episodes of the same start
+(``group_ids``), as GRPO ranks the completions of one prompt: the start's share of the return
+(large on Pendulum) cancels. An episode whose group-mates finished in another batch is pooled
+with the batch's other lone episodes (:func:`haepo_adapters.cleanrl.start_groups`) instead of
+forming a group of one, which would give it no gradient.
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
 20-episode moving-average return.
@@ -48,6 +52,7 @@ from haepo_adapters.cleanrl import (
     TrajectoryBuilder,
     gaussian_terms,
     haepo_trajectory_loss,
+    start_groups,
 )
 from torch import nn
 from tqdm.auto import tqdm
@@ -73,7 +78,7 @@ class Args:
     temperature: float = 1.0
     length_normalize: bool = True
     min_episodes: int = 8
-    group_starts: int = 0
+    group_starts: int = -1
     hidden: int = 64
     torch_threads: int = 1
     out_dir: str = "runs"
@@ -102,7 +107,8 @@ HELP = {  # --help text of each option
     "temperature": "temperature of the Plackett-Luce softmax over the episodes",
     "length_normalize": "softmax over per-step mean log-probs, not their sums",
     "min_episodes": "finished episodes per update, at least",
-    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (0: off)",
+    "group_starts": "envs in groups of N replaying seeded starts, ranked per start (-1: all "
+    "envs in one group; 0: off)",
     "hidden": "width of the two hidden layers",
     "torch_threads": "torch intra-op threads",
     "out_dir": "directory of the run directories",
@@ -148,12 +154,12 @@ def check_args(args: Args) -> None:
         isinstance(g, bool)
         or not isinstance(g, int)
         or g == 1
-        or g < 0
-        or (g and args.num_envs % g)
+        or g < -1
+        or (g > 0 and args.num_envs % g)
     ):
         raise ValueError(
-            f"--group-starts: expected 0 (off) or an int >= 2 dividing --num-envs = "
-            f"{args.num_envs}, got {g!r}"
+            f"--group-starts: expected -1 (all envs in one group), 0 (off) or an int >= 2 "
+            f"dividing --num-envs = {args.num_envs}, got {g!r}"
         )
     for name, lo, strict in (
         ("learning_rate", 0.0, True),
@@ -187,6 +193,11 @@ def check_args(args: Args) -> None:
             f"--entropy-floor: expected a finite number (nats per action dimension), "
             f"got {args.entropy_floor!r}"
         )
+
+
+def group_size(args: Args) -> int:
+    """Envs per start group: ``--group-starts``, all envs for -1, 0 when off."""
+    return args.num_envs if args.group_starts == -1 else args.group_starts
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -238,7 +249,7 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
     # (action ignored, reward 0); TrajectoryBuilder(autoreset="next_step") skips it, and
     # RecordEpisodeStatistics reports each finished episode's return in info["episode"].
     if args.group_starts:
-        g = args.group_starts
+        g = group_size(args)
         fns = [
             lambda i=i: GroupedStarts(gym.make(args.env_id), args.seed, i // g)
             for i in range(args.num_envs)
@@ -359,7 +370,7 @@ def train(args: Args) -> dict[str, object]:
     next_obs, _ = envs.reset(seed=args.seed)
     # Which start each step's episode had: (group, episode index) packed in one int64; the
     # episodes of one start form one HAEPO group under --group-starts.
-    group_of_env = np.arange(args.num_envs) // max(args.group_starts, 1)
+    group_of_env = np.arange(args.num_envs) // max(group_size(args), 1)
     start_key = group_of_env.astype(np.int64) << 32
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
     global_step = 0
@@ -410,7 +421,8 @@ def train(args: Args) -> dict[str, object]:
         group_ids = None
         if args.group_starts:
             first = np.cumsum(traj.lengths) - traj.lengths  # each episode's first step
-            group_ids = np.unique(traj.steps["start"].numpy()[first], return_inverse=True)[1]
+            # one group per start; an episode alone of its start here is pooled (start_groups)
+            group_ids = start_groups(traj.steps["start"].numpy()[first])
         update += 1
         lr = args.learning_rate if lr_ctl is None else lr_ctl.value
         if args.anneal_lr:
