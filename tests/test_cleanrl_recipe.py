@@ -249,6 +249,33 @@ def test_continuous_script_runs_with_its_stabilizers(tmp_path):
     assert all(np.isfinite(u["loss"]) and u["kl"] >= 0 for u in ups)
 
 
+@pytest.mark.parametrize("init_log_std", [-0.7, 0.0, -1.5])
+def test_continuous_policy_starts_at_init_log_std(tmp_path, init_log_std):
+    hp = example("haepo_pendulum.py")
+    args = hp.Args(total_timesteps=1024, num_envs=4, num_steps=64, min_episodes=4, seed=3,
+                   init_log_std=init_log_std, progress=False, plot=False,
+                   out_dir=str(tmp_path))  # fmt: skip
+    first = hp.train(args)["updates"][0]
+    # the first update's entropy is taken before any Adam step: that of N(mu, exp(init)^2),
+    # 0.5 log(2 pi e) + init_log_std nats for Pendulum's one action dimension
+    assert first["entropy"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e) + init_log_std)
+
+
+def test_continuous_default_starts_at_std_one_half():
+    hp = example("haepo_pendulum.py")
+    assert hp.Args().init_log_std == -0.7
+    actor = hp.Actor(3, 2, 8, init_log_std=-0.7)
+    np.testing.assert_array_equal(actor.log_std.detach().numpy(), np.full(2, -0.7, np.float32))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), True, "0.5"])
+def test_init_log_std_must_be_a_finite_number(tmp_path, bad):
+    hp = example("haepo_pendulum.py")
+    with pytest.raises(ValueError, match=r"--init-log-std: expected a finite number"):
+        hp.train(hp.Args(init_log_std=bad, progress=False, out_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())
+
+
 def test_jax_script_stops_epochs_at_the_target_kl_and_anneals(tmp_path):
     pytest.importorskip("flax")
     pytest.importorskip("optax")
