@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 import haepo_core
 
-from ._boundary import ENTRY_ARGS, has_entry
+from ._boundary import ENTRY_ARGS, has_entry, release_compiled
 from ._properties import PROPERTIES, Context, Property, variants_of
 
 __all__ = [
@@ -252,6 +252,12 @@ def _phases(shrink: bool) -> tuple[Phase, ...]:
     return tuple(p for p in Phase if p.name not in drop)
 
 
+# Examples between two releases of the backend's compiled-program cache (see
+# release_compiled): often enough to keep memory flat, rarely enough that recompiling the
+# programs of repeated shapes costs little.
+RELEASE_EVERY = 20
+
+
 def _run_hypothesis(backend: Any, prop: Property, cfg: RunConfig, ctx: Context) -> int:
     assert prop.build is not None
     strategy, check = prop.build(backend, ctx)
@@ -259,6 +265,8 @@ def _run_hypothesis(backend: Any, prop: Property, cfg: RunConfig, ctx: Context) 
 
     def body(example: Any) -> None:
         calls[0] += 1
+        if calls[0] % RELEASE_EVERY == 0:
+            release_compiled(backend)  # keeps memory flat over hundreds of examples
         check(example)
 
     body.__name__ = body.__qualname__ = prop.name.replace(".", "_")

@@ -239,3 +239,30 @@ def test_loss_fn_carries_its_entry_and_options():
     value = fn({"logp": np.zeros((2, 1)), "returns": np.array([0.0, 1.0])})
     assert float(value) == pytest.approx(0.0, abs=1e-12)
     assert "haepo_loss" in repr(fn)
+
+
+def test_runner_releases_compiled_programs_every_few_examples(monkeypatch):
+    import haepo_conformance._runner as runner
+    from haepo_conformance import PROPERTIES, RunConfig, run_property
+
+    released: list[str] = []
+    monkeypatch.setattr(runner, "RELEASE_EVERY", 2)
+    monkeypatch.setattr(runner, "release_compiled", lambda b: released.append(b.name))
+    b = haepo_core.load_backend("numpy")
+    res = run_property(b, PROPERTIES["values"], RunConfig(max_examples=7, derandomize=True))
+    assert res.status == "PASS"
+    assert released == [b.name] * (res.examples // 2)
+    assert res.examples >= 4
+
+
+def test_release_compiled_empties_jax_caches_and_leaves_other_libraries_alone():
+    from haepo_conformance._boundary import release_compiled
+
+    release_compiled(haepo_core.load_backend("numpy"))  # nothing to drop; must not raise
+    jax = pytest.importorskip("jax")
+    f = jax.jit(lambda x: x * 2.0)
+    for n in (1, 2, 3):
+        f(jax.numpy.ones(n))
+    assert f._cache_size() == 3
+    release_compiled(haepo_core.load_backend("jax"))
+    assert f._cache_size() == 0
