@@ -24,6 +24,14 @@ MA20 is the mean return of the last 20 finished episodes; "best" and "steps to t
 full 20-episode windows only. A run *collapsed* when its final MA20 ends below half-way between
 the task's floor (the return of a failing policy: 0 on CartPole and InvertedPendulum, -500 on
 Acrobot) and its own best MA20.
+
+With ``--eval-episodes N`` (default 20; 0: off) every run also evaluates two policies on the
+same N fixed start states (``haepo_adapters.cleanrl.evaluate_policy``: the same starts for
+every run, seed and method): the final policy, and the policy of the update at which the
+training MA20 was highest. ``eval_final`` and ``eval_best`` are their mean returns, and
+``eval_collapsed`` flags a run whose final policy scores below half-way between the floor and
+its best policy's score, on those same starts. Unlike the MA20 rule, this does not depend on
+which start states the last training episodes happened to get.
 """
 
 from __future__ import annotations
@@ -155,6 +163,7 @@ def run_one(job: dict[str, object]) -> dict[str, object]:
             progress=False,
             plot=False,
             out_dir=tmp,
+            eval_episodes=int(job.get("eval_episodes", 0)),  # type: ignore[call-overload]
             **overrides,
         )
         t0 = time.time()
@@ -179,7 +188,19 @@ def run_one(job: dict[str, object]) -> dict[str, object]:
             {str(w.message) for w in caught if w.category.__name__ == "CollapseWarning"}
         ),
         "collapse_events": [list(e) for e in res.get("collapse_events", [])],
+        **{k: np.asarray(res[k]).tolist() for k in ("eval_final", "eval_best") if k in res},
     }
+
+
+def eval_metrics(rec: dict[str, object], task: Task) -> dict[str, object]:
+    """Mean evaluation return of the final and the best policy, and the collapse flag on them
+    (empty strings for a run made without evaluation)."""
+    if "eval_final" not in rec:
+        return dict(eval_final="", eval_best="", eval_collapsed="")
+    final = float(np.mean(rec["eval_final"]))  # type: ignore[arg-type]
+    best = float(np.mean(rec["eval_best"]))  # type: ignore[arg-type]
+    collapsed = best > task.floor and (final - task.floor) < 0.5 * (best - task.floor)
+    return dict(eval_final=final, eval_best=best, eval_collapsed=int(collapsed))
 
 
 def summarize(rec: dict[str, object]) -> dict[str, object]:
@@ -195,6 +216,7 @@ def summarize(rec: dict[str, object]) -> dict[str, object]:
         "seed": rec["seed"],
         "budget": rec["budget"],
         **m,
+        **eval_metrics(rec, task),
         "threshold": task.threshold,
         "episodes": len(rec["returns"]),  # type: ignore[arg-type]
         "min_entropy": float(np.min(ent)) if ent else "",
@@ -267,6 +289,9 @@ def table(rows: list[dict[str, object]], markdown: bool) -> list[str]:
         "task", "method", "seeds", "budget", "final MA20 median [min, max]", "best MA20 median",
         "steps to threshold median (reached)", "collapsed",
     ]  # fmt: skip
+    evaluated = any(r["eval_final"] != "" for r in rows)
+    if evaluated:
+        head += ["eval final median [min, max]", "eval best median", "collapsed (eval)"]
     lines = []
     if markdown:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -287,6 +312,19 @@ def table(rows: list[dict[str, object]], markdown: bool) -> list[str]:
             f"{fmt(float(np.median(thr)))} ({reached}/{len(g)} >= {TASKS[task].threshold:g})",
             f"{sum(int(r['collapsed']) for r in g)}/{len(g)}",  # type: ignore[call-overload]
         ]
+        if evaluated:
+            ev = [r for r in g if r["eval_final"] != ""]
+            if ev:
+                ef = np.array([r["eval_final"] for r in ev], dtype=float)
+                eb = np.array([r["eval_best"] for r in ev], dtype=float)
+                n = f" of {len(ev)}" if len(ev) < len(g) else ""
+                cells += [
+                    f"{np.median(ef):.1f} [{np.min(ef):.1f}, {np.max(ef):.1f}]{n}",
+                    f"{np.median(eb):.1f}",
+                    f"{sum(int(r['eval_collapsed']) for r in ev)}/{len(ev)}",  # type: ignore[call-overload]
+                ]
+            else:
+                cells += ["", "", ""]
         lines.append("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
     return lines
 
@@ -300,6 +338,13 @@ def _runner(workers: int) -> Iterator[Callable[..., Iterable[dict[str, object]]]
         return
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
         yield pool.imap_unordered
+
+
+def done(path: Path, eval_episodes: int) -> bool:
+    """A saved run counts as done unless an evaluation is asked for and it has none."""
+    if not path.exists():
+        return False
+    return eval_episodes == 0 or "eval_final" in json.loads(path.read_text())
 
 
 def load_records(out: Path) -> list[dict[str, object]]:
@@ -321,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         help="override an option of the HAEPO scripts (for ablations; use with --label)",
     )
     p.add_argument("--label", default=None, help="method name of the HAEPO runs in the outputs")
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=20,
+        help="evaluate the final and the best policy of each run on this many fixed start "
+        "states, the same for every run (0: off)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "multitask")
     p.add_argument("--report-only", action="store_true", help="only re-make the outputs")
     p.add_argument(
@@ -330,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error(f"--workers: expected an int >= 1, got {a.workers}")
+    if a.eval_episodes < 0:
+        p.error(f"--eval-episodes: expected an int >= 0, got {a.eval_episodes}")
     if a.budget is not None and a.budget < 1:
         p.error(f"--budget: expected an int >= 1, got {a.budget}")
     try:
@@ -344,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key.replace("-", "_")] = parse_value(val)
     if a.smoke:
         seeds, a.budget = seeds[:2], a.budget or 3000
+        a.eval_episodes = min(a.eval_episodes, 2)
     label = a.label or ("haepo" + "".join(f"[{k}={v}]" for k, v in overrides.items()))
     (a.out / "runs").mkdir(parents=True, exist_ok=True)
 
@@ -354,11 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             lab = label if method == "haepo" else method
             for seed in seeds:
                 key = run_key(task, lab, seed, budget)
-                if a.report_only or (a.out / "runs" / f"{key}.json").exists():
+                if a.report_only or done(a.out / "runs" / f"{key}.json", a.eval_episodes):
                     continue
                 ov = overrides if method == "haepo" else {}
                 jobs.append(dict(task=task, method=method, label=lab, seed=seed, budget=budget,
-                                 overrides=ov, key=key))  # fmt: skip
+                                 overrides=ov, key=key, eval_episodes=a.eval_episodes))  # fmt: skip
     if jobs:
         from tqdm.auto import tqdm
 

@@ -13,7 +13,7 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ("haepo_core", "haepo_backends")
+PACKAGES = ("haepo_core", "haepo_backends", "haepo_adapters")
 
 
 def _modules() -> list[str]:
@@ -30,7 +30,7 @@ def test_the_packages_have_doctests():
     """Guards the collection itself: an empty list would make the test below vacuous."""
     finder = doctest.DocTestFinder()
     found = 0
-    for name in ("haepo_core._loss", "haepo_core._weights"):
+    for name in ("haepo_core._loss", "haepo_core._weights", "haepo_adapters.cleanrl._evaluate"):
         found += sum(len(t.examples) for t in finder.find(importlib.import_module(name)))
     assert found >= 5
 

@@ -14,6 +14,9 @@
   floor) and :class:`CollapseMonitor` (warns once on entropy collapse or all-equal returns):
   the training-loop stabilizers around the objective; :class:`StuckExploration` switches on
   sticky exploration while every batch is stuck at one (worst) return.
+- :func:`evaluate_policy` (returns from fixed, seeded start states, the same for every policy)
+  and :class:`BestSnapshot` (the policy at its best moving average so far): the final and
+  best policies compared on the same starts.
 - torch: :class:`ReferencePolicy` (imports torch only when asked for).
 - JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
   when asked for).
@@ -43,6 +46,7 @@ from ._episodes import (
     TrajectoryBuilder,
     rollout_to_trajectories,
 )
+from ._evaluate import EVAL_SEED, BestSnapshot, evaluate_policy
 from ._groups import start_groups
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
 from ._stabilizers import (
@@ -64,8 +68,10 @@ __all__ = [
     "ADAPTIVE_MODES",
     "AUTORESET_MODES",
     "AdaptiveCoefficient",
+    "BestSnapshot",
     "CollapseMonitor",
     "CollapseWarning",
+    "EVAL_SEED",
     "INCOMPLETE_POLICIES",
     "ReferenceParams",
     "ReferencePolicy",
@@ -74,6 +80,7 @@ __all__ = [
     "Trajectories",
     "TrajectoryBuilder",
     "categorical_terms",
+    "evaluate_policy",
     "gaussian_entropy",
     "gaussian_kl",
     "gaussian_log_prob",

@@ -47,6 +47,7 @@ TensorBoard events (``--tensorboard``), and prints the final 20-episode moving-a
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import os
@@ -60,11 +61,13 @@ import numpy as np
 import torch
 from haepo_adapters.cleanrl import (
     AdaptiveCoefficient,
+    BestSnapshot,
     CollapseMonitor,
     ReferencePolicy,
     StuckExploration,
     TrajectoryBuilder,
     categorical_terms,
+    evaluate_policy,
     haepo_trajectory_loss,
     start_groups,
     sticky_logits,
@@ -102,6 +105,7 @@ class Args:
     plot: bool = True
     progress: bool = True
     moving_average: int = 20
+    eval_episodes: int = 0
 
 
 HELP = {  # --help text of each option
@@ -133,6 +137,8 @@ HELP = {  # --help text of each option
     "plot": "write curve.png (return, entropy, ESS)",
     "progress": "show a tqdm progress bar",
     "moving_average": "episodes in the reported moving average",
+    "eval_episodes": "after training, run the final policy and the policy at its best moving "
+    "average on this many fixed start states, the same for every run (0: off)",
 }
 
 
@@ -159,6 +165,9 @@ def check_args(args: Args) -> None:
         v = getattr(args, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    e = args.eval_episodes
+    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+        raise ValueError(f"--eval-episodes: expected an int >= 0, got {e!r}")
     if (
         isinstance(args.min_episodes, bool)
         or not isinstance(args.min_episodes, int)
@@ -289,6 +298,26 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
+def evaluate(args: Args, params: dict[str, torch.Tensor], obs_dim: int, n: int) -> np.ndarray:
+    """Returns of ``args.eval_episodes`` episodes of the policy with these parameters, from the
+    fixed start states of :func:`haepo_adapters.cleanrl.evaluate_policy` (the same for every run
+    and method), sampling the plain categorical (never sticky) from its own seeded generator."""
+    actor = Actor(obs_dim, n, args.hidden)
+    actor.load_state_dict(params)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def policy(obs: np.ndarray) -> int:
+        with torch.no_grad():
+            probs = torch.softmax(actor(torch.as_tensor(obs, dtype=torch.float32)), -1)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    env = gym.make(args.env_id)
+    try:
+        return evaluate_policy(env, policy, episodes=args.eval_episodes)
+    finally:
+        env.close()
+
+
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     """Trailing mean over the last ``k`` entries (fewer at the start)."""
     c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
@@ -393,6 +422,7 @@ def train(args: Args) -> dict[str, object]:
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
+    best = BestSnapshot(args.moving_average)  # the policy at its best moving average
     next_obs, _ = envs.reset(seed=args.seed)
     # Which start each step's episode had: (group, episode index) packed in one int64; the
     # episodes of one start form one HAEPO group under --group-starts.
@@ -456,9 +486,12 @@ def train(args: Args) -> dict[str, object]:
         )
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
+        if args.eval_episodes:  # the policy that collected this batch, before the update
+            best.offer([r for _, r, _ in episodes], lambda: copy.deepcopy(actor.state_dict()))
         group_ids = None
         if args.group_starts:
-            first = np.cumsum(traj.lengths) - traj.lengths  # each episode's first step
+            lengths = np.asarray(traj.lengths)
+            first = np.cumsum(lengths) - lengths  # each episode's first step
             # one group per start; an episode alone of its start here is pooled (start_groups)
             group_ids = start_groups(traj.steps["start"].numpy()[first])
         update += 1
@@ -523,6 +556,16 @@ def train(args: Args) -> dict[str, object]:
     bar.close()
     envs.close()
     wall = time.time() - start
+    evals: dict[str, np.ndarray] = {}
+    if args.eval_episodes:
+        final = copy.deepcopy(actor.state_dict())
+        evals["eval_final"] = evaluate(args, final, obs_dim, n_actions)
+        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, n_actions)
+        print(
+            f"evaluation on {args.eval_episodes} fixed starts: final policy "
+            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
+            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        )
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -549,6 +592,7 @@ def train(args: Args) -> dict[str, object]:
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,
+        **evals,
     }
 
 

@@ -56,10 +56,12 @@ import numpy as np
 import optax
 from haepo_adapters.cleanrl import (
     AdaptiveCoefficient,
+    BestSnapshot,
     CollapseMonitor,
     ReferenceParams,
     StuckExploration,
     TrajectoryBuilder,
+    evaluate_policy,
     make_haepo_loss_fn,
     start_groups,
     sticky_logits,
@@ -94,6 +96,7 @@ class Args:
     plot: bool = True
     progress: bool = True
     moving_average: int = 20
+    eval_episodes: int = 0
 
 
 HELP = {  # --help text of each option
@@ -123,6 +126,8 @@ HELP = {  # --help text of each option
     "plot": "write curve.png (return, entropy, ESS)",
     "progress": "show a tqdm progress bar",
     "moving_average": "episodes in the reported moving average",
+    "eval_episodes": "after training, run the final policy and the policy at its best moving "
+    "average on this many fixed start states, the same for every run (0: off)",
 }
 
 
@@ -149,6 +154,9 @@ def check_args(args: Args) -> None:
         v = getattr(args, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    e = args.eval_episodes
+    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+        raise ValueError(f"--eval-episodes: expected an int >= 0, got {e!r}")
     e = args.episodes_per_update
     if isinstance(e, bool) or not isinstance(e, int) or e < 2:
         # one episode alone has z-scored return 0: no policy gradient
@@ -442,6 +450,7 @@ def train(args: Args) -> dict[str, object]:
 
     episodes: list[tuple[int, float, int]] = []
     updates: list[dict[str, float]] = []
+    best = BestSnapshot(args.moving_average)  # the policy at its best moving average
     next_obs, _ = envs.reset(seed=args.seed)
     # Each env's previous action, for the sticky policy: -1 on the first step of an episode
     # (and on the reset step after a done, whose action the env ignores).
@@ -504,6 +513,8 @@ def train(args: Args) -> dict[str, object]:
             continue
         eps, queue = queue[: args.episodes_per_update], queue[args.episodes_per_update :]
         update += 1
+        if args.eval_episodes:  # the policy that collected these episodes, before the update
+            best.offer([r for _, r, _ in episodes], lambda p=params: p)  # immutable pytree
         # optax.adam was built with learning_rate; lr_scale rescales its updates to the rate
         # of this update (KL-steered, then annealed), with no recompile.
         lr_scale = 1.0 if lr_ctl is None else lr_ctl.value / args.learning_rate
@@ -537,6 +548,33 @@ def train(args: Args) -> dict[str, object]:
     bar.close()
     envs.close()
     wall = time.time() - start
+    evals: dict[str, np.ndarray] = {}
+    if args.eval_episodes:
+
+        def evaluate(p: object) -> np.ndarray:
+            # The fixed start states of evaluate_policy (the same for every run and method);
+            # the plain categorical (never sticky), sampled from its own seeded key.
+            state = {"key": jax.random.PRNGKey(args.seed)}
+            tail = np.array([-1.0, -np.inf], np.float32)[: 2 * sticky]
+
+            def policy(o: np.ndarray) -> int:
+                x = np.concatenate([np.asarray(o, np.float32), tail])[None]
+                a, state["key"] = act(p, jnp.asarray(x), state["key"])
+                return int(a[0])
+
+            env = gym.make(args.env_id)
+            try:
+                return evaluate_policy(env, policy, episodes=args.eval_episodes)
+            finally:
+                env.close()
+
+        evals["eval_final"] = evaluate(params)
+        evals["eval_best"] = evaluate(best.state if best.state is not None else params)
+        print(
+            f"evaluation on {args.eval_episodes} fixed starts: final policy "
+            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
+            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        )
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -561,6 +599,7 @@ def train(args: Args) -> dict[str, object]:
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,
+        **evals,
     }
 
 

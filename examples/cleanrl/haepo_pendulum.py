@@ -32,12 +32,16 @@ with the batch's other lone episodes (:func:`haepo_adapters.cleanrl.start_groups
 forming a group of one, which would give it no gradient.
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png``; prints the final
-20-episode moving-average return.
+20-episode moving-average return. ``--eval-episodes N`` then runs the final policy, and the
+policy of the update at which the moving average was highest, on N fixed start states (the
+same for every run, seed and method: :func:`haepo_adapters.cleanrl.evaluate_policy`), so the
+end of a run can be compared with its best on the same starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import os
@@ -51,9 +55,11 @@ import numpy as np
 import torch
 from haepo_adapters.cleanrl import (
     AdaptiveCoefficient,
+    BestSnapshot,
     CollapseMonitor,
     ReferencePolicy,
     TrajectoryBuilder,
+    evaluate_policy,
     gaussian_terms,
     haepo_trajectory_loss,
     start_groups,
@@ -91,6 +97,7 @@ class Args:
     plot: bool = True
     progress: bool = True
     moving_average: int = 20
+    eval_episodes: int = 0
 
 
 HELP = {  # --help text of each option
@@ -122,6 +129,8 @@ HELP = {  # --help text of each option
     "plot": "write curve.png (return, entropy, ESS)",
     "progress": "show a tqdm progress bar",
     "moving_average": "episodes in the reported moving average",
+    "eval_episodes": "after training, run the final policy and the policy at its best moving "
+    "average on this many fixed start states, the same for every run (0: off)",
 }
 
 
@@ -148,6 +157,9 @@ def check_args(args: Args) -> None:
         v = getattr(args, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1, got {v!r}")
+    e = args.eval_episodes
+    if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+        raise ValueError(f"--eval-episodes: expected an int >= 0, got {e!r}")
     if (
         isinstance(args.min_episodes, bool)
         or not isinstance(args.min_episodes, int)
@@ -268,6 +280,38 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
     return gym.wrappers.vector.NormalizeObservation(envs)
 
 
+Snapshot = tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray, float]
+
+
+def snapshot(actor: Actor, envs: gym.vector.VectorEnv) -> Snapshot:
+    """The policy as it acts now: its parameters and the frozen observation statistics."""
+    rms = envs.obs_rms
+    return copy.deepcopy(actor.state_dict()), rms.mean.copy(), rms.var.copy(), envs.epsilon
+
+
+def evaluate(args: Args, state: Snapshot, obs_dim: int, act_dim: int) -> np.ndarray:
+    """Returns of ``args.eval_episodes`` episodes of a snapshot, from the fixed start states of
+    :func:`haepo_adapters.cleanrl.evaluate_policy` (the same for every run and method),
+    sampling the Gaussian policy as in training, from its own seeded generator."""
+    params, mu, var, eps = state
+    actor = Actor(obs_dim, act_dim, args.hidden)
+    actor.load_state_dict(params)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(((obs - mu) / np.sqrt(var + eps))[None], dtype=torch.float32)
+        with torch.no_grad():
+            mean, log_std = actor(x)
+            action = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
+        return action[0].numpy()
+
+    env = gym.wrappers.ClipAction(gym.make(args.env_id))
+    try:
+        return evaluate_policy(env, policy, episodes=args.eval_episodes)
+    finally:
+        env.close()
+
+
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     """Trailing mean over the last ``k`` entries (fewer at the start)."""
     c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
@@ -372,6 +416,7 @@ def train(args: Args) -> dict[str, object]:
 
     episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
     updates: list[dict[str, float]] = []
+    best = BestSnapshot(args.moving_average)  # the policy at its best moving average
     next_obs, _ = envs.reset(seed=args.seed)
     # Which start each step's episode had: (group, episode index) packed in one int64; the
     # episodes of one start form one HAEPO group under --group-starts.
@@ -423,9 +468,12 @@ def train(args: Args) -> dict[str, object]:
         )
         if traj.num_trajectories < 2:  # only at the end of the budget
             continue
+        if args.eval_episodes:  # the policy that collected this batch, before the update
+            best.offer([r for _, r, _ in episodes], lambda: snapshot(actor, envs))
         group_ids = None
         if args.group_starts:
-            first = np.cumsum(traj.lengths) - traj.lengths  # each episode's first step
+            lengths = np.asarray(traj.lengths)
+            first = np.cumsum(lengths) - lengths  # each episode's first step
             # one group per start; an episode alone of its start here is pooled (start_groups)
             group_ids = start_groups(traj.steps["start"].numpy()[first])
         update += 1
@@ -480,8 +528,18 @@ def train(args: Args) -> dict[str, object]:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
             bar.set_postfix(ma_return=f"{ma:.1f}", ess=f"{row['ess']:.1f}")
     bar.close()
-    envs.close()
     wall = time.time() - start
+    evals: dict[str, np.ndarray] = {}
+    if args.eval_episodes:
+        final = snapshot(actor, envs)
+        evals["eval_final"] = evaluate(args, final, obs_dim, act_dim)
+        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, act_dim)
+        print(
+            f"evaluation on {args.eval_episodes} fixed starts: final policy "
+            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
+            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        )
+    envs.close()
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -508,6 +566,7 @@ def train(args: Args) -> dict[str, object]:
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,
+        **evals,
     }
 
 

@@ -19,6 +19,7 @@ Like CleanRL, truncation is treated as termination (no value bootstrap at the ti
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from haepo_adapters.cleanrl import BestSnapshot, evaluate_policy
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -61,6 +63,7 @@ class Args:
     plot: bool = True
     progress: bool = True
     moving_average: int = 20
+    eval_episodes: int = 0  # after training: final and best policy on fixed starts (0: off)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -71,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
             parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
         else:
             parser.add_argument(name, type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args(argv)))
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.eval_episodes < 0:
+        parser.error(f"--eval-episodes: expected an int >= 0, got {args.eval_episodes}")
+    return args
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -108,6 +114,26 @@ class Agent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(x)
+
+
+def evaluate(args: Args, params: dict[str, torch.Tensor], obs_dim: int, n: int) -> np.ndarray:
+    """Returns of ``args.eval_episodes`` episodes of the actor with these parameters, on the
+    fixed start states of ``haepo_adapters.cleanrl.evaluate_policy`` (the same as HAEPO's
+    evaluation), actions sampled from a seeded generator."""
+    agent = Agent(obs_dim, n, args.hidden)
+    agent.load_state_dict(params)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def policy(obs: np.ndarray) -> int:
+        with torch.no_grad():
+            probs = torch.softmax(agent.actor(torch.as_tensor(obs, dtype=torch.float32)), -1)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    env = gym.make(args.env_id)
+    try:
+        return evaluate_policy(env, policy, episodes=args.eval_episodes)
+    finally:
+        env.close()
 
 
 def make_envs(args: Args) -> gym.vector.VectorEnv:
@@ -172,6 +198,7 @@ def train(args: Args) -> dict[str, object]:
 
     episodes: list[tuple[int, float, int]] = []
     updates: list[dict[str, float]] = []
+    best = BestSnapshot(args.moving_average)  # the policy at its best moving average
     global_step = 0
     start = time.time()
     next_obs, _ = envs.reset(seed=args.seed)
@@ -205,6 +232,8 @@ def train(args: Args) -> dict[str, object]:
                     if writer is not None:
                         writer.add_scalar("charts/episodic_return", ret, global_step)
         bar.update(batch_size)
+        if args.eval_episodes:  # the policy that collected this batch, before the update
+            best.offer([r for _, r, _ in episodes], lambda: copy.deepcopy(agent.state_dict()))
 
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
@@ -284,6 +313,17 @@ def train(args: Args) -> dict[str, object]:
     bar.close()
     envs.close()
     wall = time.time() - start
+    evals: dict[str, np.ndarray] = {}
+    if args.eval_episodes:
+        final = copy.deepcopy(agent.state_dict())
+        n_actions = int(envs.single_action_space.n)
+        evals["eval_final"] = evaluate(args, final, obs_dim, n_actions)
+        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, n_actions)
+        print(
+            f"evaluation on {args.eval_episodes} fixed starts: final policy "
+            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
+            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        )
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -307,6 +347,7 @@ def train(args: Args) -> dict[str, object]:
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,
+        **evals,
     }
 
 

@@ -15,6 +15,7 @@ neither bootstrapped across nor trained on; returns are logged from ``RecordEpis
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from haepo_adapters.cleanrl import BestSnapshot, evaluate_policy
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -57,6 +59,7 @@ class Args:
     plot: bool = True
     progress: bool = True
     moving_average: int = 20
+    eval_episodes: int = 0  # after training: final and best policy on fixed starts (0: off)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -67,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
             parser.add_argument(name, default=f.default, action=argparse.BooleanOptionalAction)
         else:
             parser.add_argument(name, type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args(argv)))
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.eval_episodes < 0:
+        parser.error(f"--eval-episodes: expected an int >= 0, got {args.eval_episodes}")
+    return args
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -117,6 +123,41 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
     envs = gym.wrappers.vector.TransformObservation(envs, lambda o: np.clip(o, -10, 10))
     envs = gym.wrappers.vector.NormalizeReward(envs, gamma=args.gamma)
     return gym.wrappers.vector.TransformReward(envs, lambda r: np.clip(r, -10, 10))
+
+
+Snapshot = tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray, float]
+
+
+def snapshot(agent: Agent, envs: gym.vector.VectorEnv) -> Snapshot:
+    """The policy as it acts now: its parameters and the frozen observation statistics."""
+    norm = envs
+    while not isinstance(norm, gym.wrappers.vector.NormalizeObservation):
+        norm = norm.env
+    rms = norm.obs_rms
+    return copy.deepcopy(agent.state_dict()), rms.mean.copy(), rms.var.copy(), norm.epsilon
+
+
+def evaluate(args: Args, state: Snapshot, obs_dim: int, act_dim: int) -> np.ndarray:
+    """Returns of ``args.eval_episodes`` episodes of a snapshot on the fixed start states of
+    ``haepo_adapters.cleanrl.evaluate_policy`` (the same as HAEPO's evaluation), observations
+    normalized and clipped as in training, actions sampled from a seeded generator."""
+    params, mu, var, eps = state
+    agent = Agent(obs_dim, act_dim, args.hidden)
+    agent.load_state_dict(params)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        x = np.clip((obs - mu) / np.sqrt(var + eps), -10, 10)
+        with torch.no_grad():
+            mean = agent.actor(torch.as_tensor(x[None], dtype=torch.float32))
+            action = mean + agent.log_std.exp() * torch.randn(mean.shape, generator=gen)
+        return action[0].numpy()
+
+    env = gym.wrappers.ClipAction(gym.make(args.env_id))
+    try:
+        return evaluate_policy(env, policy, episodes=args.eval_episodes)
+    finally:
+        env.close()
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -176,6 +217,7 @@ def train(args: Args) -> dict[str, object]:
 
     episodes: list[tuple[int, float, int]] = []
     updates: list[dict[str, float]] = []
+    best = BestSnapshot(args.moving_average)  # the policy at its best moving average
     global_step = 0
     start = time.time()
     next_obs, _ = envs.reset(seed=args.seed)
@@ -209,6 +251,8 @@ def train(args: Args) -> dict[str, object]:
                     if writer is not None:
                         writer.add_scalar("charts/episodic_return", ret, global_step)
         bar.update(batch_size)
+        if args.eval_episodes:  # the policy that collected this batch, before the update
+            best.offer([r for _, r, _ in episodes], lambda: snapshot(agent, envs))
 
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
@@ -286,8 +330,18 @@ def train(args: Args) -> dict[str, object]:
             ma = float(np.mean([r for _, r, _ in episodes[-args.moving_average :]]))
             bar.set_postfix(ma_return=f"{ma:.1f}")
     bar.close()
-    envs.close()
     wall = time.time() - start
+    evals: dict[str, np.ndarray] = {}
+    if args.eval_episodes:
+        final = snapshot(agent, envs)
+        evals["eval_final"] = evaluate(args, final, obs_dim, act_dim)
+        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, act_dim)
+        print(
+            f"evaluation on {args.eval_episodes} fixed starts: final policy "
+            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
+            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        )
+    envs.close()
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -311,6 +365,7 @@ def train(args: Args) -> dict[str, object]:
         "final_moving_average": final_ma,
         "wall_time": wall,
         "global_step": global_step,
+        **evals,
     }
 
 
