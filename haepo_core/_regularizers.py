@@ -88,7 +88,9 @@ def kl_from_logits(logits: Array, ref_logits: Array, axis: int = -1) -> Array:
     lsm = log_softmax(xp.astype(logits, cdt), axis=axis)
     ref = log_softmax(stop_gradient(xp.astype(ref_logits, cdt)), axis=axis)
     p = xp.exp(lsm)
-    diff = lsm - ref
+    # Where pi(a) = 0 the reference is replaced by 0 before subtracting: an action masked in
+    # both policies would otherwise give -inf - (-inf) = NaN (and a NumPy RuntimeWarning).
+    diff = lsm - xp.where(p > 0, ref, xp.zeros_like(ref))
     # pi(a) = 0 terms are 0 whatever the reference says (0 * inf would be NaN).
     terms = xp.where(p > 0, p * _finite_or_zero(xp, diff), xp.zeros_like(p))
     # pi(a) > 0 where pi_ref(a) = 0: the KL really is +inf; keep it visible.

@@ -120,3 +120,20 @@ def test_tiny_temperature_gives_a_finite_zero_policy_gradient_under_torch_autogr
     assert torch.isfinite(out.loss) and torch.isfinite(g).all()
     assert torch.equal(g, torch.zeros_like(g))  # one-hot weights: no policy gradient
     assert sorted(out.weights.tolist()) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_exact_kl_of_actions_masked_in_both_policies_is_silent_and_exact():
+    """An action at -inf in both policies adds 0 to the KL, with no NaN and no NumPy warning."""
+    logits = np.array([[0.3, -np.inf, 1.0], [-np.inf, 0.0, -np.inf]])
+    ref = np.array([[0.0, -np.inf, 0.5], [-np.inf, 2.0, -np.inf]])
+    with np.errstate(all="raise"):  # any invalid / divide / overflow would raise here
+        kl = haepo_core.kl_from_logits(logits, ref)
+        ent = haepo_core.entropy_from_logits(logits)
+    p = np.exp(logits[0] - np.logaddexp(logits[0, 0], logits[0, 2]))
+    q = np.exp(ref[0] - np.logaddexp(ref[0, 0], ref[0, 2]))
+    want = sum(p[i] * np.log(p[i] / q[i]) for i in (0, 2))
+    np.testing.assert_allclose(kl, [want, 0.0], rtol=1e-12)
+    assert np.isfinite(ent).all()
+    # where the reference alone masks an action the policy takes, the KL is +inf, as it must be
+    inf = haepo_core.kl_from_logits(np.array([0.0, 0.0]), np.array([0.0, -np.inf]))
+    assert inf == np.inf
