@@ -17,8 +17,9 @@ seed and budget).
 
 Writes ``--out``/``multitask.csv`` (one row per run: final and best MA20, steps to the task's
 threshold, collapse flag, HAEPO's minimum entropy and median ESS) and ``--out``/``<task>.png``
-(median MA20 over seeds with a min-max band, one line per method), and prints a table of
-medians (``--markdown`` writes it as Markdown).
+(median MA20 over seeds with a min-max band, one line per method), with the evaluation also
+``--out``/``<task>_eval.png`` (each run's final against its best policy on the fixed starts),
+and prints a table of medians (``--markdown`` writes it as Markdown).
 
 MA20 is the mean return of the last 20 finished episodes; "best" and "steps to threshold" use
 full 20-episode windows only. A run *collapsed* when its final MA20 ends below half-way between
@@ -280,6 +281,51 @@ def plot_task(records: list[dict[str, object]], task_name: str, path: Path) -> N
     plt.close(fig)
 
 
+def plot_eval(rows: list[dict[str, object]], task_name: str, path: Path) -> bool:
+    """Each evaluated run as a point: its best policy's score (x) against its final policy's
+    (y), on the same fixed starts; runs flagged by the MA20 rule are ringed. Points below the
+    dashed line (half-way from the floor to x) are collapses by the evaluation. Returns
+    whether there was anything to plot."""
+    ev = [r for r in rows if r["task"] == task_name and r["eval_final"] != ""]
+    if not ev:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = TASKS[task_name]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    vals = [float(r[k]) for r in ev for k in ("eval_best", "eval_final")]  # type: ignore[arg-type]
+    lo, hi = min(vals), max(vals)
+    pad = 0.05 * (hi - lo or 1.0)
+    grid = np.linspace(lo - pad, hi + pad, 2)
+    ax.plot(grid, grid, color="grey", lw=0.8, label="final = best")
+    ax.plot(grid, task.floor + 0.5 * (grid - task.floor), color="r", lw=0.8, ls="--",
+            label="collapse line (half-way to the floor)")  # fmt: skip
+    for i, label in enumerate(sorted({str(r["method"]) for r in ev})):
+        g = [r for r in ev if r["method"] == label]
+        x = [float(r["eval_best"]) for r in g]  # type: ignore[arg-type]
+        y = [float(r["eval_final"]) for r in g]  # type: ignore[arg-type]
+        ax.scatter(x, y, s=22, color=f"C{i}", label=f"{label} ({len(g)} runs)", zorder=3)
+        flagged = [(a, b) for a, b, r in zip(x, y, g) if int(r["collapsed"])]  # type: ignore[call-overload]
+        if flagged:
+            fx, fy = zip(*flagged)
+            ax.scatter(fx, fy, s=90, facecolors="none", edgecolors=f"C{i}", lw=1.2, zorder=3)
+    ax.plot([], [], "o", mfc="none", mec="k", label="flagged by the MA20 rule")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("policy at its best MA20: mean return on the fixed starts")
+    ax.set_ylabel("final policy: mean return on the same starts")
+    ax.set_title(f"{task.env_id}: final vs best policy, evaluated")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def fmt(x: float) -> str:
     return "not reached" if not np.isfinite(x) else f"{x / 1000:.1f}k"
 
@@ -442,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(rows, a.out / "multitask.csv")
     for task in sorted({str(r["task"]) for r in records}):
         plot_task(records, task, a.out / f"{task}.png")
+        plot_eval(rows, task, a.out / f"{task}_eval.png")
     lines = table(rows, markdown=False)
     print("\n".join(lines))
     if a.markdown is not None:

@@ -246,5 +246,6 @@ def test_benchmark_smoke_writes_the_evaluation_columns(tmp_path):
     for r in rows:
         assert -2000 < float(r["eval_final"]) < 0 and -2000 < float(r["eval_best"]) < 0
         assert r["eval_collapsed"] in ("0", "1")
+    assert (tmp_path / "pendulum_eval.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         mt.main(["--eval-episodes", "-1"])
