@@ -42,6 +42,9 @@ prompt; an episode alone of its start in a batch is pooled with the batch's othe
 Writes ``runs/<run_name>/metrics.csv`` (one row per finished episode), ``updates.csv`` (one
 row per update), ``curve.png`` (return curve, with entropy and ESS under it), optionally
 TensorBoard events (``--tensorboard``), and prints the final 20-episode moving-average return.
+``--eval-episodes N`` then runs the final policy, and the policy of the update at which the
+moving average was highest, on N fixed start states (the same for every run and method:
+:func:`haepo_adapters.cleanrl.evaluate_policy`) and prints their mean returns.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ prompt; an episode alone of its start in a batch is pooled with the batch's othe
 
 Writes ``runs/<run_name>/metrics.csv``, ``updates.csv`` and ``curve.png`` (return, entropy,
 ESS); prints the final 20-episode moving-average return.
+``--eval-episodes N`` then runs the final policy, and the policy of the update at which the
+moving average was highest, on N fixed start states (the same for every run and method:
+:func:`haepo_adapters.cleanrl.evaluate_policy`) and prints their mean returns.
 """
 
 from __future__ import annotations
