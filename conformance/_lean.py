@@ -173,7 +173,12 @@ def lean_cases(
     if kl == "estimated":
         # Log-probs of a nearby reference policy, as in training: within [-3, 3] of the
         # policy's own (a far-off one makes the k3 estimate, exp(r), overflow float16).
-        z = kw["logits"] if path == "logits" else kw["hidden"] @ kw["weight"].T
+        # (padding rows zeroed first: the fill may be NaN, and NaN in a matmul warns)
+        z = (
+            kw["logits"]
+            if path == "logits"
+            else np.where(valid[..., None], kw["hidden"], 0.0) @ kw["weight"].T
+        )
         own = _logp(z, actions, valid)
         kw["ref_logp"] = np.where(valid, own + rng.uniform(-3.0, 3.0, (m, t)), fill)
     return LeanCase(
