@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from haepo_adapters.cleanrl import EVAL_SEED, BestSnapshot, evaluate_policy
+from haepo_adapters.cleanrl import (
+    EVAL_SEED,
+    BestSnapshot,
+    evaluate_final_and_best,
+    evaluate_policy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,6 +125,60 @@ def test_best_snapshot_rejects_bad_input():
         best.offer([1.0, 2.0], "state")
     with pytest.raises(ValueError, match="returns: expected finite returns"):
         best.offer([1.0, math.nan], lambda: 0)
+
+
+def test_final_and_best_are_each_evaluated_once_and_summarized():
+    best = BestSnapshot(window=2)
+    best.offer([1.0, 3.0], lambda: "best")
+    calls: list[str] = []
+
+    def evaluate(state: str) -> list[float]:
+        calls.append(state)
+        return [10.0, 20.0, 30.0] if state == "final" else [1.0, 2.0, 3.0]
+
+    evals, summary = evaluate_final_and_best(evaluate, "final", best)
+    assert calls == ["final", "best"]
+    assert evals["eval_final"].dtype == np.float64
+    np.testing.assert_array_equal(evals["eval_final"], [10.0, 20.0, 30.0])
+    np.testing.assert_array_equal(evals["eval_best"], [1.0, 2.0, 3.0])
+    assert summary == (
+        "evaluation on 3 fixed starts: final policy 20.0, "
+        "policy at its best moving average (2.0) 2.0"
+    )
+
+
+def test_without_a_full_window_the_final_policy_stands_in_for_the_best():
+    best = BestSnapshot(window=20)
+    best.offer([1.0] * 5, lambda: "never kept")
+    calls: list[str] = []
+    evals, summary = evaluate_final_and_best(lambda s: calls.append(s) or [4.0, 6.0], "fin", best)
+    assert calls == ["fin"]  # evaluated once, not twice
+    np.testing.assert_array_equal(evals["eval_best"], evals["eval_final"])
+    assert evals["eval_best"] is not evals["eval_final"]
+    assert "no full 20-episode window: the final policy" in summary and "inf" not in summary
+
+
+@pytest.mark.parametrize(
+    "evaluate, match",
+    [
+        (lambda s: [], r"non-empty 1-D array of returns for the final policy, got shape \(0,\)"),
+        (lambda s: [[1.0, 2.0]], r"for the final policy, got shape \(1, 2\)"),
+        (lambda s: [1.0, math.nan], "expected finite returns for the final policy"),
+        (lambda s: [1.0] if s == "best" else [1.0, 2.0], "got 2 for the final policy and 1"),
+    ],
+)
+def test_evaluate_final_and_best_rejects_bad_evaluations(evaluate, match):
+    best = BestSnapshot(window=1)
+    best.offer([1.0], lambda: "best")
+    with pytest.raises(ValueError, match=match):
+        evaluate_final_and_best(evaluate, "final", best)
+
+
+def test_evaluate_final_and_best_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="evaluate: expected a callable"):
+        evaluate_final_and_best("run", 0, BestSnapshot(2))
+    with pytest.raises(TypeError, match="best: expected a BestSnapshot, got dict"):
+        evaluate_final_and_best(lambda s: [1.0], 0, {"state": 0})
 
 
 def load(name: str, path: Path):

@@ -16,7 +16,7 @@
   sticky exploration while every batch is stuck at one (worst) return.
 - :func:`evaluate_policy` (returns from fixed, seeded start states, the same for every policy)
   and :class:`BestSnapshot` (the policy at its best moving average so far): the final and
-  best policies compared on the same starts.
+  best policies compared on the same starts by :func:`evaluate_final_and_best`.
 - torch: :class:`ReferencePolicy` (imports torch only when asked for).
 - JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
   when asked for).
@@ -46,7 +46,7 @@ from ._episodes import (
     TrajectoryBuilder,
     rollout_to_trajectories,
 )
-from ._evaluate import EVAL_SEED, BestSnapshot, evaluate_policy
+from ._evaluate import EVAL_SEED, BestSnapshot, evaluate_final_and_best, evaluate_policy
 from ._groups import start_groups
 from ._loss import haepo_padded_loss, haepo_trajectory_loss
 from ._stabilizers import (
@@ -80,6 +80,7 @@ __all__ = [
     "Trajectories",
     "TrajectoryBuilder",
     "categorical_terms",
+    "evaluate_final_and_best",
     "evaluate_policy",
     "gaussian_entropy",
     "gaussian_kl",

@@ -11,7 +11,9 @@ run and every method separates the two:
   same ``seed`` meet the same start states;
 - :class:`BestSnapshot` keeps a copy of the policy at the update where the moving average of
   the training returns was highest, so "did this run end worse than it was at its best?" can
-  be asked of the two policies on the same starts, not of two windows of different starts.
+  be asked of the two policies on the same starts, not of two windows of different starts;
+- :func:`evaluate_final_and_best` evaluates the final policy and that snapshot with one
+  evaluation function and says what it found in one line, as every training script does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-__all__ = ["EVAL_SEED", "BestSnapshot", "evaluate_policy"]
+__all__ = ["EVAL_SEED", "BestSnapshot", "evaluate_final_and_best", "evaluate_policy"]
 
 EVAL_SEED = 1_000_000  # first start seed of evaluations: far from the training seeds (1-20)
 
@@ -160,3 +162,76 @@ class BestSnapshot(Generic[S]):
             return False
         self.best, self.state = mean, snapshot()
         return True
+
+
+def evaluate_final_and_best(
+    evaluate: Callable[[S], Any], final: S, best: BestSnapshot[S]
+) -> tuple[dict[str, np.ndarray], str]:
+    """Evaluate the final policy and the policy at its best moving average on the same starts.
+
+    ``evaluate(state)`` runs one policy state (a ``state_dict``, a pytree of parameters, ...)
+    on the fixed start states, usually through :func:`evaluate_policy`, and returns its
+    ``[episodes]`` returns. It is called on ``final`` and on ``best.state``. When the run
+    never filled a window of the moving average, ``best`` holds no policy: the final policy
+    stands in for it, and the summary says so.
+
+    Args:
+      evaluate: ``state -> [episodes]`` returns, the same start states on every call.
+      final: the policy state at the end of training.
+      best: the :class:`BestSnapshot` offered every update's returns during training.
+
+    Returns:
+      ``({"eval_final": [E], "eval_best": [E]}, summary)``: float64 NumPy returns of the two
+      policies, and a one-line summary of their means.
+
+    Raises:
+      TypeError: ``evaluate`` not callable, or ``best`` not a :class:`BestSnapshot`.
+      ValueError: ``evaluate`` returned something that is not a non-empty 1-D array of finite
+        returns, or two calls returned different numbers of episodes.
+
+    Example:
+      >>> from haepo_adapters.cleanrl import BestSnapshot, evaluate_final_and_best
+      >>> best = BestSnapshot(window=2)
+      >>> _ = best.offer([1.0, 3.0], lambda: 2.0)  # the "policy" here is a number
+      >>> evals, summary = evaluate_final_and_best(lambda s: [s, s + 1.0], 5.0, best)
+      >>> evals["eval_final"].tolist(), evals["eval_best"].tolist()
+      ([5.0, 6.0], [2.0, 3.0])
+      >>> summary
+      'evaluation on 2 fixed starts: final policy 5.5, policy at its best moving average (2.0) 2.5'
+    """
+    if not callable(evaluate):
+        raise TypeError(
+            f"evaluate: expected a callable state -> returns, got {type(evaluate).__name__}"
+        )
+    if not isinstance(best, BestSnapshot):
+        raise TypeError(f"best: expected a BestSnapshot, got {type(best).__name__}")
+
+    def run(which: str, state: S) -> np.ndarray:
+        out = np.asarray(evaluate(state), dtype=np.float64)
+        if out.ndim != 1 or out.size == 0:
+            raise ValueError(
+                f"evaluate: expected a non-empty 1-D array of returns for the {which} policy, "
+                f"got shape {out.shape}"
+            )
+        if not np.isfinite(out).all():
+            raise ValueError(f"evaluate: expected finite returns for the {which} policy, got {out}")
+        return out
+
+    evals = {"eval_final": run("final", final)}
+    if best.state is None:
+        evals["eval_best"] = evals["eval_final"].copy()
+        at_best = f"(no full {best.window}-episode window: the final policy)"
+    else:
+        evals["eval_best"] = run("best", best.state)
+        at_best = f"at its best moving average ({best.best:.1f})"
+    n = evals["eval_final"].size
+    if evals["eval_best"].size != n:
+        raise ValueError(
+            f"evaluate: expected the same number of episodes for both policies, got {n} for the "
+            f"final policy and {evals['eval_best'].size} for the best"
+        )
+    summary = (
+        f"evaluation on {n} fixed starts: final policy {evals['eval_final'].mean():.1f}, "
+        f"policy {at_best} {evals['eval_best'].mean():.1f}"
+    )
+    return evals, summary

@@ -70,6 +70,7 @@ from haepo_adapters.cleanrl import (
     StuckExploration,
     TrajectoryBuilder,
     categorical_terms,
+    evaluate_final_and_best,
     evaluate_policy,
     haepo_trajectory_loss,
     start_groups,
@@ -561,14 +562,10 @@ def train(args: Args) -> dict[str, object]:
     wall = time.time() - start
     evals: dict[str, np.ndarray] = {}
     if args.eval_episodes:
-        final = copy.deepcopy(actor.state_dict())
-        evals["eval_final"] = evaluate(args, final, obs_dim, n_actions)
-        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, n_actions)
-        print(
-            f"evaluation on {args.eval_episodes} fixed starts: final policy "
-            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
-            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        evals, summary = evaluate_final_and_best(
+            lambda s: evaluate(args, s, obs_dim, n_actions), copy.deepcopy(actor.state_dict()), best
         )
+        print(summary)
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:

@@ -64,6 +64,7 @@ from haepo_adapters.cleanrl import (
     ReferenceParams,
     StuckExploration,
     TrajectoryBuilder,
+    evaluate_final_and_best,
     evaluate_policy,
     make_haepo_loss_fn,
     start_groups,
@@ -571,13 +572,8 @@ def train(args: Args) -> dict[str, object]:
             finally:
                 env.close()
 
-        evals["eval_final"] = evaluate(params)
-        evals["eval_best"] = evaluate(best.state if best.state is not None else params)
-        print(
-            f"evaluation on {args.eval_episodes} fixed starts: final policy "
-            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
-            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
-        )
+        evals, summary = evaluate_final_and_best(evaluate, params, best)
+        print(summary)
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
     with open(out / "metrics.csv", "w", newline="") as f:

@@ -59,6 +59,7 @@ from haepo_adapters.cleanrl import (
     CollapseMonitor,
     ReferencePolicy,
     TrajectoryBuilder,
+    evaluate_final_and_best,
     evaluate_policy,
     gaussian_terms,
     haepo_trajectory_loss,
@@ -531,14 +532,10 @@ def train(args: Args) -> dict[str, object]:
     wall = time.time() - start
     evals: dict[str, np.ndarray] = {}
     if args.eval_episodes:
-        final = snapshot(actor, envs)
-        evals["eval_final"] = evaluate(args, final, obs_dim, act_dim)
-        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, act_dim)
-        print(
-            f"evaluation on {args.eval_episodes} fixed starts: final policy "
-            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
-            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        evals, summary = evaluate_final_and_best(
+            lambda s: evaluate(args, s, obs_dim, act_dim), snapshot(actor, envs), best
         )
+        print(summary)
     envs.close()
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)

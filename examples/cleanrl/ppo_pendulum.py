@@ -27,7 +27,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from haepo_adapters.cleanrl import BestSnapshot, evaluate_policy
+from haepo_adapters.cleanrl import BestSnapshot, evaluate_final_and_best, evaluate_policy
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -333,14 +333,10 @@ def train(args: Args) -> dict[str, object]:
     wall = time.time() - start
     evals: dict[str, np.ndarray] = {}
     if args.eval_episodes:
-        final = snapshot(agent, envs)
-        evals["eval_final"] = evaluate(args, final, obs_dim, act_dim)
-        evals["eval_best"] = evaluate(args, best.state or final, obs_dim, act_dim)
-        print(
-            f"evaluation on {args.eval_episodes} fixed starts: final policy "
-            f"{evals['eval_final'].mean():.1f}, policy at its best moving average "
-            f"({best.best:.1f}) {evals['eval_best'].mean():.1f}"
+        evals, summary = evaluate_final_and_best(
+            lambda s: evaluate(args, s, obs_dim, act_dim), snapshot(agent, envs), best
         )
+        print(summary)
     envs.close()
 
     ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
