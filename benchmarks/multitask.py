@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from haepo_adapters.cleanrl import moving_average
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "cleanrl"
@@ -122,20 +123,12 @@ def run_key(task: str, label: str, seed: int, budget: int) -> str:
     return f"{task}__{label}__s{seed}__{budget}"
 
 
-def moving_average(x: np.ndarray, k: int = WINDOW) -> np.ndarray:
-    """Trailing mean over the last ``k`` entries (fewer at the start)."""
-    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - k, 0)
-    return (c[n] - c[lo]) / (n - lo)
-
-
 def run_metrics(steps: np.ndarray, returns: np.ndarray, task: Task) -> dict[str, float]:
     """Final / best MA20, steps to the threshold (inf if never), collapse flag."""
     if len(returns) == 0:
         nan = float("nan")
         return dict(final_ma20=nan, best_ma20=nan, steps_to_threshold=float("inf"), collapsed=1)
-    ma = moving_average(returns)
+    ma = moving_average(returns, WINDOW)
     full = ma[WINDOW - 1 :] if len(ma) >= WINDOW else ma[-1:]
     full_steps = steps[WINDOW - 1 :] if len(ma) >= WINDOW else steps[-1:]
     final, best = float(ma[-1]), float(np.max(full))
@@ -242,7 +235,7 @@ def curve_on_grid(rec: dict[str, object], grid: np.ndarray) -> np.ndarray:
     steps, rets = np.asarray(rec["steps"]), np.asarray(rec["returns"])
     if len(rets) == 0:
         return np.full(len(grid), np.nan)
-    ma = moving_average(rets)
+    ma = moving_average(rets, WINDOW)
     idx = np.searchsorted(steps, grid, side="right") - 1
     return np.where(idx >= 0, ma[np.clip(idx, 0, None)], np.nan)
 

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from haepo_adapters.cleanrl import moving_average
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "cleanrl"
@@ -75,16 +76,9 @@ def load_script(name: str) -> object:
     return mod
 
 
-def moving_average(x: np.ndarray, k: int = WINDOW) -> np.ndarray:
-    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - k, 0)
-    return (c[n] - c[lo]) / (n - lo)
-
-
 def steps_to_threshold(steps: np.ndarray, returns: np.ndarray) -> float:
     """First env step at which the 20-episode moving average reaches 475 (inf if never)."""
-    ma = moving_average(returns)
+    ma = moving_average(returns, WINDOW)
     ok = (ma >= THRESHOLD) & (np.arange(len(ma)) >= WINDOW - 1)
     idx = np.flatnonzero(ok)
     return float(steps[idx[0]]) if len(idx) else float("inf")
@@ -212,7 +206,7 @@ def curves(records: list[dict[str, object]], variant: str, budget: int) -> tuple
     for r in records:
         if r["variant"] != variant or not r["steps"]:
             continue
-        steps, ma = np.array(r["steps"]), moving_average(np.array(r["returns"]))
+        steps, ma = np.array(r["steps"]), moving_average(np.array(r["returns"]), WINDOW)
         idx = np.searchsorted(steps, grid, side="right") - 1
         ys.append(np.where(idx >= 0, ma[np.maximum(idx, 0)], np.nan))
     y = np.array(ys)

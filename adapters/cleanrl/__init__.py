@@ -17,6 +17,8 @@
 - :func:`evaluate_policy` (returns from fixed, seeded start states, the same for every policy)
   and :class:`BestSnapshot` (the policy at its best moving average so far): the final and
   best policies compared on the same starts by :func:`evaluate_final_and_best`.
+- :func:`write_run` (a run's ``metrics.csv``, ``updates.csv`` and ``curve.png``, drawn by
+  :func:`plot_training_curve`) and :func:`moving_average` (the MA20 the project reports).
 - torch: :class:`ReferencePolicy` (imports torch only when asked for).
 - JAX: :class:`ReferenceParams`, :func:`make_haepo_loss_fn`, :func:`to_jax` (import JAX only
   when asked for).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._curves import moving_average, plot_training_curve, write_run
 from ._distributions import (
     StepTerms,
     categorical_terms,
@@ -89,10 +92,13 @@ __all__ = [
     "haepo_padded_loss",
     "haepo_trajectory_loss",
     "make_haepo_loss_fn",
+    "moving_average",
+    "plot_training_curve",
     "rollout_to_trajectories",
     "start_groups",
     "sticky_logits",
     "to_jax",
+    "write_run",
 ]
 
 

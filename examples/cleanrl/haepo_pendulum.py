@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import os
 import random
@@ -64,6 +63,7 @@ from haepo_adapters.cleanrl import (
     gaussian_terms,
     haepo_trajectory_loss,
     start_groups,
+    write_run,
 )
 from torch import nn
 from tqdm.auto import tqdm
@@ -313,61 +313,6 @@ def evaluate(args: Args, state: Snapshot, obs_dim: int, act_dim: int) -> np.ndar
         env.close()
 
 
-def moving_average(x: np.ndarray, k: int) -> np.ndarray:
-    """Trailing mean over the last ``k`` entries (fewer at the start)."""
-    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - k, 0)
-    return (c[n] - c[lo]) / (n - lo)
-
-
-def plot_curve(
-    path: Path,
-    steps: np.ndarray,
-    returns: np.ndarray,
-    k: int,
-    title: str,
-    updates: list[dict[str, float]] | None = None,
-) -> None:
-    """Return curve, and under it the per-update entropy and ESS (the collapse diagnostics)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ups = [u for u in (updates or []) if "ess" in u]
-    rows = 3 if ups else 1
-    fig, axes = plt.subplots(
-        rows,
-        1,
-        figsize=(6, 3.5 + 2 * (rows - 1)),
-        dpi=100,
-        sharex=True,
-        squeeze=False,
-        gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)},
-    )
-    ax = axes[0, 0]
-    ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
-    ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    if ups:
-        x = [u["global_step"] for u in ups]
-        axes[1, 0].plot(x, [u["entropy"] for u in ups], lw=1.2, color="C2")
-        axes[1, 0].set_ylabel("entropy")
-        axes[2, 0].plot(x, [u["ess"] for u in ups], lw=1.2, color="C3", label="ESS")
-        axes[2, 0].plot(x, [u["episodes"] for u in ups], lw=0.8, color="grey", label="episodes")
-        axes[2, 0].set_ylabel("ESS")
-        axes[2, 0].legend(loc="upper left", fontsize=8)
-    for a in axes[:, 0]:
-        a.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def train(args: Args) -> dict[str, object]:
     """Train and return the curves: episode (step, return) pairs and per-update diagnostics."""
     check_args(args)
@@ -538,21 +483,14 @@ def train(args: Args) -> dict[str, object]:
         print(summary)
     envs.close()
 
-    ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["kind", "global_step", "episodic_return", "episodic_length"])
-        for s, r, n in episodes:
-            w.writerow(["episode", s, r, n])
-    keys = sorted({k for row in updates for k in row})
-    with open(out / "updates.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(updates)
-    final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
-    if args.plot and len(ep):
-        title = f"HAEPO {args.env_id}"
-        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, title, updates)
+    ep, final_ma = write_run(
+        out,
+        episodes,
+        updates,
+        window=args.moving_average,
+        plot=args.plot,
+        title=f"HAEPO {args.env_id}",
+    )
     if writer is not None:
         writer.close()
     return {

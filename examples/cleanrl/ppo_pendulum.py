@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import os
 import random
@@ -27,7 +26,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from haepo_adapters.cleanrl import BestSnapshot, evaluate_final_and_best, evaluate_policy
+from haepo_adapters.cleanrl import BestSnapshot, evaluate_final_and_best, evaluate_policy, write_run
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -158,32 +157,6 @@ def evaluate(args: Args, state: Snapshot, obs_dim: int, act_dim: int) -> np.ndar
         return evaluate_policy(env, policy, episodes=args.eval_episodes)
     finally:
         env.close()
-
-
-def moving_average(x: np.ndarray, k: int) -> np.ndarray:
-    c = np.cumsum(np.insert(np.asarray(x, dtype=np.float64), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - k, 0)
-    return (c[n] - c[lo]) / (n - lo)
-
-
-def plot_curve(path: Path, steps: np.ndarray, returns: np.ndarray, k: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, returns, ".", ms=2, alpha=0.3, label="episode return")
-    ax.plot(steps, moving_average(returns, k), lw=2, label=f"{k}-episode moving average")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def train(args: Args) -> dict[str, object]:
@@ -339,19 +312,14 @@ def train(args: Args) -> dict[str, object]:
         print(summary)
     envs.close()
 
-    ep = np.array(episodes, dtype=np.float64).reshape(-1, 3)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["kind", "global_step", "episodic_return", "episodic_length"])
-        for st, r, n in episodes:
-            w.writerow(["episode", st, r, n])
-    with open(out / "updates.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(updates[0]))
-        w.writeheader()
-        w.writerows(updates)
-    final_ma = float(np.mean(ep[-args.moving_average :, 1])) if len(ep) else float("nan")
-    if args.plot and len(ep):
-        plot_curve(out / "curve.png", ep[:, 0], ep[:, 1], args.moving_average, "PPO Pendulum-v1")
+    ep, final_ma = write_run(
+        out,
+        episodes,
+        updates,
+        window=args.moving_average,
+        plot=args.plot,
+        title=f"PPO {args.env_id}",
+    )
     if writer is not None:
         writer.close()
     return {
