@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=["hidden", "logits"], help="these workloads")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per variant")
     ap.add_argument("--budget-s", type=float, default=None, help="start no configuration after")
-    ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--json", type=Path, help="write the raw results here (after each config)")
+    ap.add_argument("--plot", type=Path, help="write a PNG of the ratios to naive here")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -353,12 +354,46 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = res
             verdicts = device.type == "cuda" and not args.smoke
             print("\n".join(_report(key, res, verdicts)), flush=True)
+            if args.json:  # written as it goes: a run cut off at its limit keeps its figures
+                args.json.write_text(json.dumps({"results": results, "not_run": []}, indent=2))
     if left:
         print(f"\nnot run (budget of {args.budget_s} s spent): " + "; ".join(left))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "not_run": left}, indent=2))
+    if args.plot and results:
+        plot_ratios(results, args.plot, name)
     return 0
+
+
+def plot_ratios(results: dict[str, Any], path: Path, device_name: str) -> None:
+    """Time and peak memory of each variant over naive torch's, one group of bars a config."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(results)
+    variants = sorted({v for r in results.values() for v in r["time"] if v != "naive"})
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 1.6 * len(keys)), 7), sharex=True)
+    width = 0.8 / max(len(variants), 1)
+    for row, (ax, field) in enumerate(zip(axes, ("time", "memory"))):
+        for i, var in enumerate(variants):
+            ys = []
+            for k in keys:
+                got, ref = results[k][field].get(var), results[k][field].get("naive")
+                ys.append(got / ref if got is not None and ref else float("nan"))
+            xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(keys))]
+            ax.bar(xs, ys, width, label=var)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylabel(f"{field} / naive")
+        if row == 0:
+            ax.legend(fontsize=8)
+            ax.set_title(f"HAEPO lean paths on {device_name}: ratio to naive torch")
+    axes[-1].set_xticks(range(len(keys)), [k.replace(" ", "\n", 2) for k in keys], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,92 +1,132 @@
 #!/usr/bin/env bash
-# The device check: one run on one CUDA GPU (H100 / H200), under 8 minutes.
-#   (a) the conformance suite with --device cuda on every registered backend and variant
-#       (the torch backend's triton variant included when triton can run);
+# The device check: one run on one CUDA GPU (H100 / H200), done in under 7 minutes.
+#   (a) the conformance suite with --device cuda on the torch backend (every variant, the
+#       Triton one included) and on the JAX backend;
 #   (b) benchmarks/bench_device.py: the torch lean paths in bf16 and fp32, V = 32k and 152k,
 #       T up to 8k, against naive torch and Liger-Kernel's GRPO losses (the fused-linear one
-#       compiled with torch.compile), ratios and absolute times.
+#       compiled with torch.compile): time and peak memory, ratios measured side by side;
+#   (c) benchmarks/bench_trl_step.py: one optimizer step of HAEPOTrainer and GRPOTrainer on a
+#       randomly initialised Llama-style model in bf16, equal shapes.
 #
-# Usage (from anywhere):  bash benchmarks/device_check.sh [OUTDIR]
-#   OUTDIR (default: device_check_out/, or $OUT when set) receives conformance.json,
-#   conformance.log, bench_device.json and bench_device.log.
+# Usage (from anywhere):
+#   bash benchmarks/device_wheels.sh            # here, once: the wheels the GPU machine lacks
+#   bash benchmarks/device_check.sh --dry-run   # here, on CPU: is everything satisfiable?
+#   bash benchmarks/device_check.sh             # there, with .whl carried
+# Everything goes to $OUT (default: device_check_out/): device_check.log, conformance.json,
+# bench_device.json, bench_device.png, trl_step.json (at most 8 files). Each stage prints its
+# table as it goes, so a run cut off early still returns figures.
 #
-# The device machine has no internet. Assumed installed there, in the active Python (or in
-# .venv/ of this checkout, activated when present):
-#   torch with CUDA (the version pinned in pyproject.toml), triton >= 3.0, liger-kernel,
-#   hypothesis, numpy, array-api-compat, tqdm, setuptools >= 68 and wheel.
-# Install step (offline): this checkout is installed editable without dependencies, so the
-# haepo.backends entry points exist for `--all`; if that fails (no setuptools), the packages
-# are put on PYTHONPATH through a link directory and the backends are named explicitly.
+# Nothing is built or installed into the machine's Python: the carried wheels go to a private
+# --target folder, and this checkout is put on PYTHONPATH through links named after the
+# packages (haepo_backends -> backends/, ...), so the project's own torch pin never matters.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUTDIR="${1:-${OUT:-$ROOT/device_check_out}}"
 mkdir -p "$OUTDIR"
 cd "$ROOT"
-if [ -f .venv/bin/activate ]; then
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
-fi
-export TRITON_DEFAULT_FP_FUSION=1  # triton 3.9 warns when unset; 1 keeps its current default
-unset TRITON_INTERPRET             # compiled kernels on the GPU, not the CPU interpreter
-
+exec > >(tee -a "$OUTDIR/device_check.log") 2>&1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU in stage (a)
+export TRITON_DEFAULT_FP_FUSION=1           # triton warns when unset; 1 keeps its default
+unset TRITON_INTERPRET                      # compiled kernels on the GPU, not the interpreter
+PY="${PYTHON:-python3}"
+if [ "$DRY" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; fi
 SECONDS=0
-BACKENDS=(--all)
-# Already installed from this checkout? (An install of another copy would test other code.)
-if ! python -P - "$ROOT" 2>/dev/null <<'EOF'
-import os, sys
-import haepo_backends, haepo_conformance
-here = os.path.realpath(sys.argv[1])
-sys.exit(0 if os.path.realpath(haepo_backends.__file__).startswith(here + os.sep) else 1)
-EOF
-then
-    echo "== installing this checkout (editable, offline, no dependencies)"
-    if ! python -m pip install --no-deps --no-build-isolation --no-index -q -e . ; then
-        echo "== pip install failed: using a link directory on PYTHONPATH"
-        LINKS="$OUTDIR/pythonpath"
-        mkdir -p "$LINKS"
-        ln -sfn "$ROOT/haepo_core" "$LINKS/haepo_core"
-        ln -sfn "$ROOT/backends" "$LINKS/haepo_backends"
-        ln -sfn "$ROOT/conformance" "$LINKS/haepo_conformance"
-        ln -sfn "$ROOT/adapters" "$LINKS/haepo_adapters"
-        export PYTHONPATH="$LINKS${PYTHONPATH:+:$PYTHONPATH}"
-        # Without installed metadata there are no entry points: name the backends.
-        BACKENDS=(--backend haepo_core._backend:numpy_backend --backend haepo_backends.torch:backend)
-    fi
+
+echo "== packages (the machine's list plus the carried wheels in .whl/)"
+"$PY" -P benchmarks/_device_env.py check --wheels "$ROOT/.whl" || {
+    echo "unmet needs: run benchmarks/device_wheels.sh here and carry .whl"
+    exit 2
+}
+
+WORK="$(mktemp -d)"
+SITE="$WORK/site"
+LINKS="$WORK/links"
+mkdir -p "$LINKS"
+echo "== carried wheels -> $SITE (no index, no dependencies)"
+if [ "$DRY" = 1 ]; then
+    # Here the interpreter is 3.11: install only to prove the wheels unpack; the venv's own
+    # packages are used for the smoke runs below.
+    "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" \
+        --python-version 3.12 --only-binary=:all: "$ROOT"/.whl/*.whl || exit 2
+else
+    "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" \
+        "$ROOT"/.whl/*.whl || exit 2
+fi
+ln -sfn "$ROOT/haepo_core" "$LINKS/haepo_core"
+ln -sfn "$ROOT/backends" "$LINKS/haepo_backends"
+ln -sfn "$ROOT/adapters" "$LINKS/haepo_adapters"
+ln -sfn "$ROOT/conformance" "$LINKS/haepo_conformance"
+if [ "$DRY" = 1 ]; then
+    export PYTHONPATH="$LINKS${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$LINKS:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 echo "== environment"
-python -P - <<'EOF' || { echo "environment check failed"; exit 2; }
+"$PY" -P - "$DRY" <<'EOF' || { echo "environment check failed"; exit 2; }
+import sys
+dry = sys.argv[1] == "1"
 import torch
-assert torch.cuda.is_available(), "no CUDA device visible to torch"
-print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
-import triton
-print("triton", triton.__version__)
+if not dry:
+    assert torch.cuda.is_available(), "no CUDA device visible to torch"
+    print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+else:
+    print("torch", torch.__version__, "(dry run on CPU)")
+import array_api_compat, hypothesis, numpy, transformers, accelerate, datasets, trl, tqdm
+import matplotlib
+import haepo_core, haepo_backends.torch, haepo_adapters.trl, haepo_conformance
+from importlib.metadata import version
+for name in ("array-api-compat", "hypothesis", "numpy", "transformers", "trl", "datasets"):
+    print(name, version(name))
 try:
-    import liger_kernel  # noqa: F401
-    from importlib.metadata import version
-    print("liger-kernel", version("liger-kernel"))
-except ImportError:
-    print("liger-kernel: NOT installed (its variants will be skipped)")
+    import triton, liger_kernel  # noqa: F401
+    print("triton", triton.__version__, "liger-kernel", version("liger-kernel"))
+except ImportError as e:
+    print("missing:", e)
+    if not dry:
+        raise
 from haepo_backends.torch import _triton
-print("haepo triton kernels available on cuda:", _triton.available("cuda"))
+print("haepo triton kernels available:", _triton.available("cuda" if not dry else None))
 EOF
 
+DEVICE=(--device cuda)
+CONF=(--max-examples 8)
+BENCH=(--budget-s 110 --repeats 3)
+STEP=()
+if [ "$DRY" = 1 ]; then
+    DEVICE=()
+    CONF=(--max-examples 1 --property values --property hidden.values)
+    BENCH=(--smoke)
+    STEP=(--smoke)
+fi
 status=0
-echo "== (a) conformance on cuda (budget 200 s)"
-timeout 200 python -P -m haepo_conformance "${BACKENDS[@]}" --device cuda \
-    --max-examples 8 --derandomize --no-shrink \
-    --report "$OUTDIR/conformance.json" 2>&1 | tee "$OUTDIR/conformance.log"
-rc=${PIPESTATUS[0]}
-[ "$rc" -eq 124 ] && echo "conformance: stopped at its 200 s budget"
-[ "$rc" -ne 0 ] && status=1
-echo "conformance exit status: $rc (after ${SECONDS} s)"
+run_stage() {  # name, time limit in s, command...
+    local name="$1" limit="$2"
+    shift 2
+    echo "== $name (limit ${limit} s, at ${SECONDS} s)"
+    timeout "$limit" "$@"
+    local rc=$?
+    [ "$rc" -eq 124 ] && echo "$name: stopped at its ${limit} s limit"
+    [ "$rc" -ne 0 ] && status=1
+    echo "$name: exit status $rc (at ${SECONDS} s)"
+}
 
-echo "== (b) device benchmarks (start no configuration after 160 s; hard stop at 220 s)"
-timeout 220 python -P benchmarks/bench_device.py --budget-s 160 --repeats 3 \
-    --json "$OUTDIR/bench_device.json" 2>&1 | tee "$OUTDIR/bench_device.log"
-rc=${PIPESTATUS[0]}
-[ "$rc" -eq 124 ] && echo "bench_device: stopped at its 220 s limit"
-[ "$rc" -ne 0 ] && status=1
+run_stage "(a) conformance, torch" 100 "$PY" -P -m haepo_conformance \
+    --backend haepo_backends.torch:backend "${DEVICE[@]}" "${CONF[@]}" --derandomize \
+    --no-shrink --report "$OUTDIR/conformance.json"
+run_stage "(a) conformance, jax" 50 "$PY" -P -m haepo_conformance \
+    --backend haepo_backends.jax:backend "${CONF[@]}" --derandomize --no-shrink \
+    --report "$WORK/conformance_jax.json"
+[ -f "$WORK/conformance_jax.json" ] && cp "$WORK/conformance_jax.json" "$OUTDIR/"
+run_stage "(b) lean paths against naive torch and Liger" 160 "$PY" -P benchmarks/bench_device.py \
+    "${BENCH[@]}" --json "$OUTDIR/bench_device.json" --plot "$OUTDIR/bench_device.png"
+run_stage "(c) trainer step, HAEPOTrainer against GRPOTrainer" 80 "$PY" -P \
+    benchmarks/bench_trl_step.py "${STEP[@]}" --json "$OUTDIR/trl_step.json"
 echo "device check done in ${SECONDS} s, status $status"
+ls -la "$OUTDIR"
+rm -rf "$WORK"
 exit "$status"

@@ -10,10 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.haepo-install-${HAEPO_EXTRAS//,/-}"
-WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[haepo] installing haepo[$HAEPO_EXTRAS] into $VENV (first run: a couple of minutes)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$HAEPO_EXTRAS]" \
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -c "$ROOT/scripts/constraints.txt" -e "$ROOT[$HAEPO_EXTRAS]" \
     2> >(grep -v "^WARNING: Location" >&2)
   echo "$WANT" > "$STAMP"
 fi

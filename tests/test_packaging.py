@@ -161,3 +161,47 @@ def test_this_pytest_process_imported_no_bare_folder_name():
         if path and not name.startswith("haepo_"):
             resolved = Path(path).resolve()
             assert not any(resolved.is_relative_to(REPO / f) for f in BARE), (name, path)
+
+
+def test_extras_declare_ranges_never_exact_pins():
+    """A library user's ``pip install haepo[torch]`` must never replace their own torch: every
+    extra gives a range, and the project's own CPU pin lives in scripts/constraints.txt."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = [
+        (extra, req)
+        for extra, reqs in project["optional-dependencies"].items()
+        for req in reqs
+        if "==" in req or "===" in req
+    ]
+    assert pinned == []
+    assert all("==" not in req for req in project["dependencies"])
+    constraints = (REPO / "scripts" / "constraints.txt").read_text().split()
+    assert "torch==2.13.0" in constraints
+
+
+def test_building_the_sdist_and_wheel_prints_no_warning(tmp_path):
+    """``python -m build`` (sdist, then the wheel from it) warns about nothing: an SPDX license
+    string, every shipped data folder declared as a package."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for folder in PACKAGES.values():
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    res = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), "."],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    warnings = [line for line in out.splitlines() if "warn" in line.lower()]
+    assert warnings == [], "\n".join(warnings)
+    assert sorted(p.suffix for p in (tmp_path / "dist").iterdir()) == [".gz", ".whl"]
