@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the conformance suite from the command line (``python -m haepo_conformance``).
+
+    Args:
+      argv: the command-line arguments (default: ``sys.argv[1:]``); ``--help`` lists them.
+
+    Returns:
+      The exit status: 0 when every property passed, non-zero otherwise.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
